@@ -1,0 +1,75 @@
+"""The pipeline context: who runs us (GitLab CI or a laptop) and for which kind of pipeline.
+
+Pure: built from an environment mapping, no I/O, so the tag policy can be tested exhaustively.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+LOCAL_PIPELINE_ID = "local"
+
+
+@dataclass(frozen=True)
+class CIContext:
+    """GitLab's ``CI_*`` variables that kiln's behaviour depends on."""
+
+    in_ci: bool = False
+    pipeline_id: str = LOCAL_PIPELINE_ID
+    pipeline_succeeded: bool = True
+    commit_branch: str | None = None
+    default_branch: str | None = None
+    commit_tag: str | None = None
+    merge_request_iid: str | None = None
+    project_name: str | None = None
+    job_name: str | None = None
+    project_url: str | None = None
+    commit_sha: str | None = None
+    registry: str | None = None
+    registry_image: str | None = None
+    registry_user: str | None = None
+
+    @property
+    def is_gitlab(self) -> bool:
+        return self.in_ci and self.pipeline_id != LOCAL_PIPELINE_ID
+
+    @property
+    def is_default_branch(self) -> bool:
+        return (
+            self.commit_branch is not None
+            and self.default_branch is not None
+            and self.commit_branch == self.default_branch
+        )
+
+    @property
+    def is_tag_pipeline(self) -> bool:
+        return bool(self.commit_tag)
+
+    @property
+    def is_merge_request(self) -> bool:
+        return bool(self.merge_request_iid)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> CIContext:
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        in_ci = (get("GITLAB_CI") or get("CI") or "").lower() in {"true", "1", "yes"}
+        pipeline = get("CI_PIPELINE_ID") or get("KILN_PIPELINE_ID") or LOCAL_PIPELINE_ID
+        return cls(
+            in_ci=in_ci or get("CI_PIPELINE_ID") is not None,
+            pipeline_id=pipeline,
+            commit_branch=get("CI_COMMIT_BRANCH"),
+            default_branch=get("CI_DEFAULT_BRANCH"),
+            commit_tag=get("CI_COMMIT_TAG"),
+            merge_request_iid=get("CI_MERGE_REQUEST_IID"),
+            project_name=get("CI_PROJECT_NAME"),
+            job_name=get("CI_JOB_NAME"),
+            project_url=get("CI_PROJECT_URL"),
+            commit_sha=get("CI_COMMIT_SHA"),
+            registry=get("CI_REGISTRY"),
+            registry_image=get("CI_REGISTRY_IMAGE"),
+            registry_user=get("CI_REGISTRY_USER"),
+        )
