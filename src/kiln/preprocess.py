@@ -1,0 +1,1106 @@
+"""The C-preprocessor step: ``builds/<image>.in`` -> Containerfile text, with pcpp.
+
+buildah preprocesses ``.in`` build files with ``cpp -E -iquote <context> -traditional -undef -``.
+kiln must give the same Dockerfile meaning without calling cpp, so it runs pcpp (a C99
+preprocessor written in Python) and bends it to GNU cpp's *traditional* mode. The reference used
+by the tests is ``cpp -E -P -traditional -undef -nostdinc``.
+
+What pcpp does not do, and therefore why the hand-written parts below exist
+---------------------------------------------------------------------------
+* **Lexing** (:class:`_TraditionalLexer`). pcpp's lexer is ISO C: it treats ``//`` as a comment
+  (``https://x`` would lose ``//x``), it wants string and character literals to be closed, and it
+  knows pp-numbers. Traditional cpp instead: ``//`` is plain text and macros after it *are*
+  expanded (``// FOO`` -> ``// bar``, like cpp); a ``"`` or ``'`` literal ends at its closing
+  quote *or at the end of the line*, so an apostrophe (``it's FOO``) stops macro expansion for
+  the rest of that line; ``/* */`` comments disappear entirely (``a/**/b`` -> ``ab``); an
+  identifier may start right after digits (``1FOO`` -> ``1bar``). The lexer is lossless, so text
+  that is not a directive, comment or macro comes out byte for byte (``$VAR``, ``${VAR}``,
+  quotes, UTF-8). pcpp still does the directive handling, ``#if`` arithmetic, macro bookkeeping
+  and expansion; its lexer is swapped after construction.
+* **Trigraphs**: pcpp always replaces ``??=``, ``??/`` ...; cpp -traditional does not. kiln
+  feeds pcpp's line grouper the raw text (``group_lines``), so trigraphs are never touched.
+* **Directives only in column 0**: cpp -traditional recognises ``#`` only as the very first
+  character of a line; ``  #define X`` or ``/* c */#define X`` are plain text (and reach the
+  Containerfile, where an indented ``#`` line is a comment). pcpp accepts leading whitespace, so
+  such lines get an invisible marker token (``KILN_BOL``) in front. kiln warns when such a line
+  looks like a directive, because it is silently ignored.
+* **Traditional macros**: no ``#`` stringising and no ``##`` pasting; instead parameters are
+  substituted inside string and character literals of the body (``#define Q(x) "x"``);
+  arguments keep their surrounding whitespace; newlines inside a multi-line invocation become
+  spaces; no space is inserted after a function-like expansion followed by an identifier.
+  pcpp's ISO behaviour is replaced in ``collect_args``/``macro_prescan``/``macro_expand_args``.
+* ``#elifdef``/``#elifndef`` (GCC 12 accepts them in traditional mode) are rewritten to
+  ``#elif [!]defined``. ``#pragma`` (except ``once``), ``#ident``, ``#sccs`` pass through as cpp
+  does. ``#error`` is an error, ``#warning`` a warning, ``#line`` is not supported (warning).
+* **Includes** (``include``): own search with the rules below, cycle detection, hostile path
+  refusal and ``included_files`` bookkeeping; pcpp's search silently walks ``os.path.join``.
+* **Errors**: pcpp prints errors and carries on; kiln raises :class:`~kiln.errors.PreprocessError`
+  with ``file:line:`` at the first error (messages also list the warnings seen so far, because a
+  swallowing comment is often the cause of a later error).
+* Builtins: ``__DATE__`` uses cpp's format (``"Nov  8 2026"``, day padded with a space), and
+  both ``__DATE__``/``__TIME__`` honour ``SOURCE_DATE_EPOCH`` (UTC) like GCC; ``__PCPP__`` is
+  removed; ``__INCLUDE_LEVEL__``, ``__BASE_FILE__``, ``__FILE_NAME__``, ``__TIMESTAMP__`` and
+  ``__COUNTER__`` are provided like GCC provides them.
+
+Include search (``#include "x"`` and ``#include <x>`` alike)
+------------------------------------------------------------
+For ``"x"`` the directory of the including file first (cpp does this), then ``include_path`` in
+order: the build context, the repository's ``includes/``, the includes shipped with kiln
+(:func:`default_include_path`). ``<x>`` searches ``include_path`` only. Refused as hostile: an
+absolute name; a name whose ``..`` leaves every search directory; a file that resolves (through
+symlinks) outside every search directory. A file that is entered again while it is still being
+included is an include cycle (error with the chain) unless it starts with an include guard that
+is already defined, or it said ``#pragma once``.
+
+Output
+------
+Text with ``\\n`` line ends: CRLF and a lone CR are read as LF (as cpp does; the Dockerfile
+meaning is the same), a UTF-8 BOM is dropped, the input must be UTF-8. Lines of directives,
+dropped ``#`` lines and disabled ``#if`` branches disappear; blank lines of the source are kept
+(they matter inside heredocs); trailing whitespace is removed; there are no ``#line`` markers.
+
+Deliberate differences from cpp
+-------------------------------
+* **Backslash continuations are kept** as ``\\`` + newline (cpp joins them into one line). For
+  Dockerfile instructions the meaning is the same (the Dockerfile parser joins them), and a
+  ``# comment`` line inside a continued ``RUN`` keeps Dockerfile's meaning (the parser drops
+  it) where cpp's joined line would let the shell treat the rest of the command as a comment:
+  kiln warns about that case. Inside a ``COPY <<EOF`` heredoc body, a line ending in ``\\``
+  keeps its backslash and newline (cpp would join the two lines of the file).
+* Blank lines are kept as in the source (``cpp -P`` drops them; buildah, which runs without
+  ``-P``, keeps them).
+* ``__FILE__`` of the main file is its path (buildah pipes through stdin: ``"<stdin>"``).
+* Errors stop preprocessing (cpp reports and continues; buildah then builds anyway).
+* ``#include <x>`` searches ``include_path`` like ``"x"`` does (cpp would search only ``-I``
+  directories, which buildah does not pass).
+* Where cpp reports an error but still prints something, kiln may accept the input with its
+  usual meaning: conditionals inside a macro's argument list are executed, variadic macros
+  work, ``F( )`` is accepted for a macro without parameters; a self-referencing function-like
+  macro is expanded once.
+* ``#line``, ``#assert`` and ``#unassert`` are ignored with a warning; ``#include_next`` and
+  ``#import`` are errors; ``__has_include(...)`` in ``#if`` is always 0.
+
+Hazard heuristics (warnings; errors with ``strict=True``)
+--------------------------------------------------------
+1. ``/*`` that is probably a shell glob, not a comment. A comment is flagged when its ``/*`` is
+   glued to the preceding text (``lists/*``, ``$DIR/*``), or is directly followed by a glob-ish
+   character (``/*.log``, ``/*"``, ``/*;`` ...), or stands at the end of a line after other text
+   (``rm -rf /*``), or starts after text on a line and swallows a later line that begins with a
+   Dockerfile instruction (``RUN``, ``COPY`` ...) or a preprocessor directive. A comment that
+   starts its own line (``/* commented out: RUN ... */``) or reads like prose after an
+   instruction (``RUN make /* note */``) and the pasting idiom ``a/**/b`` are not flagged.
+   A multi-line comment opened at the end of an instruction line (``RUN make /*`` + newline)
+   is flagged although it may be intended. The warning names the line where the
+   comment starts and ends and quotes what was swallowed. An unterminated comment is an error.
+2. ``$NAME`` / ``${NAME}`` where NAME is a macro (``#define`` or ``-D``) and so gets replaced.
+3. ``__FILE__``, ``__LINE__``, ``__DATE__``, ``__TIME__`` (and the other builtins above) get
+   replaced; the warning says by what.
+Also warned: ``#`` lines that are not directives (dropped, like cpp/buildah do), a macro name after
+an unmatched quote (not expanded), an indented directive (ignored), a comment line inside a
+continued instruction, a macro redefined with a different body, ``#warning``, ``#line``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pcpp import Preprocessor
+from pcpp.parser import Action, OutputDirective
+
+from kiln.errors import PreprocessError
+
+__all__ = [
+    "Diagnostic",
+    "PreprocessResult",
+    "default_include_path",
+    "preprocess_file",
+    "preprocess_text",
+]
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """A warning (in strict mode: an error) with the place it refers to."""
+
+    file: Path
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    """The Containerfile text plus what a caller needs to report and cache it.
+
+    ``diagnostics`` are the warnings, ordered by file (main file first) and line.
+    ``included_files`` is the main file (for :func:`preprocess_file`) and then every include in
+    the order it was first read, each once, as found on the search path (directory + name).
+    """
+
+    text: str
+    diagnostics: tuple[Diagnostic, ...]
+    included_files: tuple[Path, ...]
+
+
+def default_include_path(context_dir: Path, repo_includes: Path | None) -> tuple[Path, ...]:
+    """The include search path: build context, repo ``includes/``, kiln's shipped includes."""
+    candidates = [context_dir]
+    if repo_includes is not None:
+        candidates.append(repo_includes)
+    candidates.append(Path(__file__).resolve().parent / "includes")
+    result: list[Path] = []
+    seen: set[str] = set()
+    for directory in candidates:
+        key = os.path.normcase(os.path.abspath(directory))
+        if key not in seen:
+            seen.add(key)
+            result.append(directory)
+    return tuple(result)
+
+
+def preprocess_file(
+    path: Path,
+    include_path: Sequence[Path],
+    defines: Mapping[str, str] | None = None,
+    strict: bool = False,
+) -> PreprocessResult:
+    """Preprocess the build file at ``path`` (see the module docstring for the rules)."""
+    path = Path(path)
+    text = _read_source(path, None)
+    return _run(text, path, include_path, defines, strict, main_was_read=True)
+
+
+def preprocess_text(
+    text: str,
+    source_name: Path,
+    include_path: Sequence[Path],
+    defines: Mapping[str, str] | None = None,
+    strict: bool = False,
+) -> PreprocessResult:
+    """Preprocess ``text`` as if it were read from ``source_name``.
+
+    ``source_name`` names the text in messages and ``__FILE__``. If it has a directory part,
+    that directory is searched first for ``#include "x"`` (as cpp does for the including file)
+    and may hold includes; a bare name adds no directory.
+    """
+    return _run(_normalise_text(text), Path(source_name), include_path, defines, strict, False)
+
+
+# --------------------------------------------------------------------------------------------
+# Constants
+# --------------------------------------------------------------------------------------------
+
+_ID = "CPP_ID"
+_WS = "CPP_WS"
+_LINECONT = "CPP_LINECONT"
+_STRING = "CPP_STRING"
+_CHAR = "CPP_CHAR"
+_COMMENT = "CPP_COMMENT1"
+_POUND = "CPP_POUND"
+_BOL = "KILN_BOL"  # zero-width: keeps pcpp from seeing a directive not in column 0
+_BLANK = "KILN_BLANK"  # zero-width: marks a blank source line (kept in the output)
+_GCC_SPACE = "KILN_GCC_SPACE"  # pcpp's ISO-only space after a function-like expansion
+_MISSING = "KILN_MISSING"  # stands for the missing argument of '#ifdef' and friends
+
+_INVISIBLE = frozenset({_WS, _LINECONT, _BOL, _BLANK, _COMMENT, _GCC_SPACE})
+
+_DIRECTIVES = frozenset(
+    {
+        "define", "undef", "include", "include_next", "import", "if", "ifdef", "ifndef",
+        "elif", "elifdef", "elifndef", "else", "endif", "error", "warning", "line", "pragma",
+        "ident", "sccs", "assert", "unassert",
+    }
+)  # fmt: skip
+
+_BUILTINS = frozenset(
+    {
+        "__FILE__", "__LINE__", "__DATE__", "__TIME__", "__TIMESTAMP__", "__COUNTER__",
+        "__INCLUDE_LEVEL__", "__BASE_FILE__", "__FILE_NAME__",
+    }
+)  # fmt: skip
+
+_INSTRUCTION_RE = re.compile(
+    r"^\s*(?:FROM|RUN|CMD|LABEL|MAINTAINER|EXPOSE|ENV|ADD|COPY|ENTRYPOINT|VOLUME|USER|"
+    r"WORKDIR|ARG|ONBUILD|STOPSIGNAL|HEALTHCHECK|SHELL)\s",
+    re.IGNORECASE,
+)
+_DIRECTIVE_LINE_RE = re.compile(r"^#\s*(?:include|define|undef|if|ifdef|ifndef|elif|else|endif)\b")
+_GLOB_AFTER = frozenset(".,;&|)]}'\"")
+_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DEFINE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\([A-Za-z0-9_,. \t]*\))?$")
+_GUARD_RE = re.compile(
+    r"^#[ \t]*(?:ifndef[ \t]+([A-Za-z_]\w*)|if[ \t]*![ \t]*defined[ \t]*\(?[ \t]*([A-Za-z_]\w*))"
+)
+_MAX_INCLUDE_DEPTH = 200
+
+_SPLICE = r"(?:\\[ \t]*\n)*"
+_TOKEN_RE = re.compile(
+    "|".join(
+        [
+            rf"(?P<{_COMMENT}>/{_SPLICE}\*.*?\*{_SPLICE}/)",
+            rf"(?P<KILN_OPEN_COMMENT>/{_SPLICE}\*.*\Z)",
+            rf"(?P<{_LINECONT}>\\[ \t]*\n)",
+            rf"(?P<{_WS}>[ \t\f\v]+|\n)",
+            rf'(?P<{_STRING}>"(?:[^"\\\n]|\\.|\\\Z)*(?:"|(?=\n)|\Z))',
+            rf"(?P<{_CHAR}>'(?:[^'\\\n]|\\.|\\\Z)*(?:'|(?=\n)|\Z))",
+            rf"(?P<{_ID}>[A-Za-z_][A-Za-z0-9_]*)",
+            r"(?P<CPP_INTEGER>(?:0[xX][0-9a-fA-F]+|[0-9]+)"
+            r"(?:[uU](?:ll|LL|[lL])?|(?:ll|LL|[lL])[uU]?)?(?![A-Za-z0-9_])|[0-9]+)",
+            r"(?P<KILN_OP>&&|\|\||==|!=|<=|>=|<<|>>)",
+            r"(?P<KILN_OTHER>[^\x00-\x7f]+)",
+            r"(?P<KILN_CHAR>.)",
+        ]
+    ),
+    re.DOTALL,
+)
+_CLOSED_LITERAL_RE = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'', re.DOTALL)
+_OPS = {
+    "&&": "CPP_LOGICALAND", "||": "CPP_LOGICALOR", "==": "CPP_EQUALITY", "!=": "CPP_INEQUALITY",
+    "<=": "CPP_LESSEQUAL", ">=": "CPP_GREATEREQUAL", "<<": "CPP_LSHIFT", ">>": "CPP_RSHIFT",
+}  # fmt: skip
+_SINGLE = {
+    "+": "CPP_PLUS", "-": "CPP_MINUS", "*": "CPP_STAR", "/": "CPP_FSLASH", "%": "CPP_PERCENT",
+    "|": "CPP_BAR", "&": "CPP_AMPERSAND", "~": "CPP_TILDE", "^": "CPP_HAT", "<": "CPP_LESS",
+    ">": "CPP_GREATER", "=": "CPP_EQUAL", "!": "CPP_EXCLAMATION", "?": "CPP_QUESTION",
+    "(": "CPP_LPAREN", ")": "CPP_RPAREN", "[": "CPP_LBRACKET", "]": "CPP_RBRACKET",
+    "{": "CPP_LCURLY", "}": "CPP_RCURLY", ".": "CPP_DOT", ",": "CPP_COMMA",
+    ";": "CPP_SEMICOLON", ":": "CPP_COLON", "\\": "CPP_BSLASH", "#": _POUND,
+}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+def _normalise_text(text: str) -> str:
+    """Drop a BOM, read CRLF and a lone CR as LF (as cpp does), strip trailing blanks of lines."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return "\n".join(line.rstrip(" \t") for line in text.split("\n"))
+
+
+def _read_source(path: Path, where: tuple[str, int] | None) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        prefix = f"{where[0]}:{where[1]}: cannot read the include " if where else "cannot read "
+        raise PreprocessError(f"{prefix}{path}: {exc.strerror or exc}") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise PreprocessError(
+            f"{path}:{line}: not valid UTF-8 (byte {exc.start}); build files must be UTF-8"
+        ) from exc
+    return _normalise_text(text)
+
+
+# --------------------------------------------------------------------------------------------
+# Lexer
+# --------------------------------------------------------------------------------------------
+
+
+class _Token:
+    """A token in the shape pcpp expects (it copies tokens and adds attributes to them)."""
+
+    def __init__(self, type_: str, value: str, lineno: int, lexpos: int) -> None:
+        self.type = type_
+        self.value = value
+        self.lineno = lineno
+        self.lexpos = lexpos
+        self.source = ""
+        # comments: the text before and after them on their lines, and where they end;
+        # comments and literals: whether the closing delimiter is missing
+        self.prefix = ""
+        self.suffix = ""
+        self.end_lineno = lineno
+        self.unterminated = False
+
+    def __repr__(self) -> str:
+        return f"Token({self.type}, {self.value!r}, {self.lineno})"
+
+
+class _TraditionalLexer:
+    """A lexer with GNU cpp -traditional rules and pcpp's token type names (see module doc)."""
+
+    def __init__(self) -> None:
+        self.lineno = 1
+        self._tokens: Iterator[_Token] = iter(())
+
+    def clone(self) -> _TraditionalLexer:
+        return _TraditionalLexer()
+
+    def input(self, text: str) -> None:
+        self._tokens = self._lex(text)
+
+    def token(self) -> _Token | None:
+        return next(self._tokens, None)
+
+    def _lex(self, text: str) -> Iterator[_Token]:
+        lineno = self.lineno
+        for match in _TOKEN_RE.finditer(text):
+            kind = match.lastgroup or "KILN_CHAR"
+            value = match.group()
+            start = match.start()
+            if kind == "KILN_OP":
+                kind = _OPS[value]
+            elif kind == "KILN_CHAR":
+                kind = _SINGLE.get(value, value)
+            tok = _Token(kind, value, lineno, start)
+            if kind in (_COMMENT, "KILN_OPEN_COMMENT"):
+                line_start = text.rfind("\n", 0, start) + 1
+                line_end = text.find("\n", match.end())
+                tok.prefix = text[line_start:start]
+                tok.suffix = text[match.end() : len(text) if line_end < 0 else line_end]
+                tok.unterminated = kind != _COMMENT
+                tok.end_lineno = lineno + value.count("\n")
+                tok.type = _COMMENT
+            elif kind in (_STRING, _CHAR):
+                tok.unterminated = _CLOSED_LITERAL_RE.fullmatch(value) is None
+            lineno += value.count("\n")
+            yield tok
+        self.lineno = lineno
+
+
+# --------------------------------------------------------------------------------------------
+# The preprocessor
+# --------------------------------------------------------------------------------------------
+
+
+def _text(tokens: Iterable[Any]) -> str:
+    return "".join(str(t.value) for t in tokens)
+
+
+def _shorten(text: str, limit: int = 160) -> str:
+    text = text.replace("\n", "\\n")
+    if len(text) <= limit:
+        return text
+    half = (limit - 5) // 2
+    return f"{text[:half]} ... {text[-half:]}"
+
+
+def _is_within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _source_date() -> time.struct_time:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if epoch.isdigit():
+        return time.gmtime(int(epoch))
+    return time.localtime()
+
+
+@dataclass
+class _Frame:
+    """A file being preprocessed: its display name, resolved path and where it was included."""
+
+    display: str
+    resolved: str | None
+    text: str
+    include_line: int = 0  # line of the #include in this file that is being processed
+
+
+class _KilnPreprocessor(Preprocessor):  # type: ignore[misc]
+    def __init__(self, include_path: Sequence[Path], main: Path, main_was_read: bool) -> None:
+        self._diagnostics: list[Diagnostic] = []
+        self._seen_diagnostics: set[tuple[str, int, str]] = set()
+        self._included: list[Path] = []
+        self._frames: list[_Frame] = []
+        self._file_order: list[str] = []
+        self._raw_text = ""
+        self._scan_hazards = True
+        self._main = main
+        super().__init__()
+        self.lexer = _TraditionalLexer()
+        self.line_directive = None
+        self.auto_pragma_once_enabled = False
+        self.rewrite_paths: list[tuple[str, str]] = []  # keep file names as we give them
+        self.t_SPACE = _GCC_SPACE  # see _render: pcpp inserts these after function-like macros
+        self.include_dirs = [Path(p) for p in include_path]
+        roots = [str(p) for p in self.include_dirs]
+        # The main file's directory is searched first for "x" (cpp does) and may hold includes;
+        # for text without a real directory (preprocess_text("...", Path("x.in"))) it is not.
+        main_dir = os.path.dirname(str(main))
+        self._search_main_dir = bool(main_dir) or main_was_read
+        if self._search_main_dir:
+            roots.append(main_dir or os.curdir)
+        self._roots_lexical = [os.path.normpath(os.path.abspath(r)) for r in roots]
+        self._roots_real = [os.path.realpath(r) for r in roots]
+        self.undef("__PCPP__")
+        when = _source_date()
+        month, clock = time.strftime("%b", when), time.strftime("%H:%M:%S", when)
+        self.define(f'__DATE__ "{month} {when.tm_mday:2d} {when.tm_year}"')  # cpp: "Nov  8 2026"
+        self.define(f'__TIME__ "{clock}"')
+        self.define(f"__BASE_FILE__ {self._quote(str(main))}")
+
+    # ---- diagnostics --------------------------------------------------------------------
+
+    @staticmethod
+    def _quote(text: str) -> str:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    def warn(self, source: str, line: int, message: str) -> None:
+        key = (source, line, message)
+        if key not in self._seen_diagnostics:
+            self._seen_diagnostics.add(key)
+            self._diagnostics.append(Diagnostic(Path(source or "<command-line>"), line, message))
+
+    def error(self, source: str, line: int, message: str) -> PreprocessError:
+        text = f"{source or '<command-line>'}:{line}: {message}"
+        if self._diagnostics:
+            earlier = "\n".join(f"  {d}" for d in self._diagnostics)
+            text += f"\nwarnings before this error (one may be the cause):\n{earlier}"
+        return PreprocessError(text)
+
+    def _source_line(self, source: str, line: int) -> str:
+        for frame in reversed(self._frames):
+            if frame.display == source:
+                lines = frame.text.split("\n")
+                return lines[line - 1] if 0 < line <= len(lines) else ""
+        return ""
+
+    def _comment_hint(self) -> str:
+        source, line = self._where()
+        return _COMMENT_HINT if _PROSE_DIRECTIVE_RE.match(self._source_line(source, line)) else ""
+
+    def _where(self) -> tuple[str, int]:
+        tok = self.lastdirective
+        if tok is not None:
+            return str(tok.source), int(tok.lineno)
+        return (self._frames[-1].display if self._frames else str(self._main)), 0
+
+    # ---- pcpp hooks ----------------------------------------------------------------------
+
+    def on_error(self, file: Any, line: Any, msg: str) -> None:
+        if not file or file == "unknown" or not line:
+            file, line = self._where()
+        text = str(msg).strip()
+        if text.startswith("Unterminated "):
+            text = f"unterminated {text[len('Unterminated ') :].strip()} (no #endif in this file)"
+        elif text.startswith("Misplaced #"):
+            text = f"{text[len('Misplaced ') :]} without #if"
+        elif text.startswith("Could not evaluate expression"):
+            match = _EVAL_ERROR_RE.search(text)
+            expr, why = (match.group(2), match.group(1)) if match else ("?", text)
+            text = f"cannot evaluate #if/#elif expression {expr!r}: {why}" + self._comment_hint()
+        elif text == "Bad macro definition":
+            text = (
+                "malformed #define: a macro name is ASCII letters, digits and '_', and a "
+                "function-like macro has '(' right after its name"
+            )
+        raise self.error(str(file), int(line), text)
+
+    def on_comment(self, tok: Any) -> bool:
+        prefix: str = getattr(tok, "prefix", "")
+        suffix: str = getattr(tok, "suffix", "")
+        value = str(tok.value)
+        source, line = str(tok.source), int(tok.lineno)
+        if getattr(tok, "unterminated", False):
+            raise self.error(
+                source,
+                line,
+                f"unterminated comment: '/*' in {_shorten((prefix + value).splitlines()[0])!r} "
+                "is never closed (cpp would swallow the rest of the file)" + _GLOB_HINT,
+            )
+        body = value[2:-2]
+        stripped_prefix = prefix.strip()
+        reason = ""
+        if value == "/**/":
+            pass  # the traditional token-pasting idiom a/**/b
+        elif prefix and not prefix[-1].isspace():
+            reason = f"'/*' is glued to {stripped_prefix.split()[-1]!r}"
+        elif body[:1] in _GLOB_AFTER:
+            reason = f"'/*' is followed by {body[:1]!r}"
+        elif stripped_prefix and (body.split("\n", 1)[0].strip() == "" and "\n" in body):
+            reason = "'/*' ends a line of text"
+        elif stripped_prefix and "\n" in value:
+            swallowed = value.split("\n")[1:]
+            if any(_INSTRUCTION_RE.match(s) or _DIRECTIVE_LINE_RE.match(s) for s in swallowed):
+                reason = "the comment swallows Dockerfile instructions or directives"
+        if reason:
+            end = int(getattr(tok, "end_lineno", line))
+            span = f"line {line}" if end == line else f"lines {line}-{end}"
+            excerpt = _shorten((prefix + value.split("\n")[0]).strip(), 80)
+            kept = f"; the text after it stays: {_shorten(suffix, 60)!r}" if suffix.strip() else ""
+            self.warn(
+                source,
+                line,
+                f"'/*' in {excerpt!r} opens a C comment ({reason}): cpp removes everything up to "
+                f"the next '*/' ({span}): {_shorten(value)!r}{kept}{_GLOB_HINT}",
+            )
+        tok.value = ""  # cpp -traditional removes comments completely (a/**/b -> ab)
+        return True
+
+    def on_directive_handle(self, directive: Any, toks: Any, ifpassthru: Any, precedingtoks: Any) -> Any:
+        self.lastdirective = directive
+        if directive.value == "pragma":
+            if toks and toks[0].value == "once":
+                return True
+            raise OutputDirective(Action.IgnoreAndPassThrough)  # cpp passes #pragma through
+        if directive.value in ("if", "ifdef", "ifndef", "elif") and not toks:
+            # pcpp would index toks[0]; the marker makes an *evaluated* directive report it
+            toks.append(self._marker(_MISSING, directive))
+        if directive.value == "if":
+            # pcpp's include-guard probe reads up to toks[3] ('#if !defined(X'); pad with nothing
+            toks.extend(self._marker(_WS, directive) for _ in range(3))
+        if directive.value == "include" and self._frames:
+            self._frames[-1].include_line = int(directive.lineno)
+        return True
+
+    def on_directive_unknown(self, directive: Any, toks: Any, ifpassthru: Any, precedingtoks: Any) -> Any:
+        name = str(directive.value)
+        source, line = str(directive.source), int(directive.lineno)
+        rest = _text(toks).strip()
+        if name == "error":
+            raise self.error(source, line, f"#error {rest}".rstrip() + self._comment_hint())
+        if name == "warning":
+            self.warn(source, line, f"#warning {rest}".rstrip())
+            return True
+        if name in ("ident", "sccs"):
+            return None  # cpp passes these through
+        if name in ("include_next", "import"):
+            raise self.error(source, line, f"#{name} is not supported; use #include")
+        if name in ("line", "assert", "unassert"):
+            self.warn(source, line, f"#{name} is not supported by kiln; line ignored")
+            return True
+        full = self._source_line(source, line).strip() or f"#{name} {rest}".strip()
+        self.warn(
+            source,
+            line,
+            f"{_shorten(full, 80)!r} is not a preprocessor directive: the line is dropped (as cpp "
+            "and buildah do); indent it to keep it as a Dockerfile comment",
+        )
+        return True
+
+    def on_unknown_macro_in_defined_expr(self, tok: Any) -> Any:
+        if tok.type != _ID:
+            source, line = self._where()
+            found = "nothing" if tok.type == _MISSING else repr(tok.value)
+            name = self.lastdirective.value if self.lastdirective is not None else "ifdef"
+            raise self.error(source, line, f"#{name}: macro name expected, found {found}")
+        return False
+
+    # ---- macros ---------------------------------------------------------------------------
+
+    def define(self, tokens: Any) -> None:
+        from_directive = not isinstance(tokens, str)
+        if isinstance(tokens, str):
+            tokens = self.tokenize(tokens)
+        tokens = [copy.copy(t) for t in tokens]
+        for tok in tokens:  # cpp splices a continued #define into one line: drop '\\' + newline
+            if tok.type == _LINECONT:
+                tok.type, tok.value = _WS, ""
+        if not tokens or tokens[0].type != _ID:
+            source, line = self._where()
+            found = repr(tokens[0].value) if tokens else "nothing"
+            raise self.error(source, line, f"#define: macro name expected, found {found}")
+        name = str(tokens[0].value)
+        old = self.macros.get(name)
+        super().define(tokens)
+        new = self.macros.get(name)
+        if from_directive and old is not None and new is not None and name not in _BUILTINS:
+            if _macro_signature(old) != _macro_signature(new):
+                where = f"{old.source}:{old.lineno}" if old.source else "-D"
+                self.warn(
+                    str(tokens[0].source), int(tokens[0].lineno),
+                    f"macro {name} redefined (previous definition: {where})",
+                )  # fmt: skip
+
+    def undef(self, tokens: Any) -> None:
+        if isinstance(tokens, str):
+            tokens = self.tokenize(tokens)
+        if not tokens or tokens[0].type != _ID:
+            source, line = self._where()
+            raise self.error(source, line, "#undef: macro name expected")
+        self.macros.pop(tokens[0].value, None)
+
+    def collect_args(self, tokenlist: Any, ignore_errors: bool = False) -> Any:
+        """pcpp's argument collector, traditional style when invoking a macro.
+
+        ``ignore_errors`` is True only when pcpp collects invocation arguments; then arguments
+        keep their whitespace and newlines become spaces, as in cpp -traditional. A missing
+        ``)`` is an error (pcpp would silently stop expanding). For a ``#define`` parameter list
+        the arguments are stripped as pcpp expects.
+        """
+        args: list[list[Any]] = []
+        positions: list[int] = []
+        current: list[Any] = []
+        nesting = 1
+        i = 0
+        while i < len(tokenlist) and tokenlist[i].type in self.t_WS:
+            i += 1
+        if i < len(tokenlist) and tokenlist[i].value == "(":
+            positions.append(i + 1)
+        else:
+            if not ignore_errors:
+                self.on_error(tokenlist[0].source, tokenlist[0].lineno, "missing '(' in macro parameters")
+            return 0, [], []
+        i += 1
+        while i < len(tokenlist):
+            tok = tokenlist[i]
+            if tok.value == "(":
+                nesting += 1
+            elif tok.value == ")":
+                nesting -= 1
+                if nesting == 0:
+                    args.append(current)
+                    positions.append(i)
+                    return i + 1, self._finish_args(args, ignore_errors), positions
+            elif tok.value == "," and nesting == 1:
+                args.append(current)
+                positions.append(i + 1)
+                current = []
+                i += 1
+                continue
+            current.append(tok)
+            i += 1
+        first = tokenlist[0]
+        what = "macro invocation" if ignore_errors else "macro parameter list"
+        self.on_error(first.source, first.lineno, f"unterminated argument list of a {what} (no ')')")
+        return 0, [], []
+
+    def _finish_args(self, args: list[list[Any]], invocation: bool) -> list[list[Any]]:
+        if not invocation:
+            return [self.tokenstrip(a) for a in args]
+        finished: list[list[Any]] = []
+        for arg in args:
+            out = []
+            for tok in arg:
+                if tok.type == _WS and "\n" in str(tok.value):
+                    tok = copy.copy(tok)
+                    tok.value = " "
+                out.append(tok)
+            finished.append(out)
+        if len(finished) == 1 and all(t.type in _INVISIBLE for t in finished[0]):
+            return [[]]
+        return finished
+
+    def macro_prescan(self, macro: Any) -> None:
+        macro.patch, macro.str_patch, macro.var_comma_patch = [], [], []
+
+    def macro_expand_args(self, macro: Any, args: Any) -> list[Any]:
+        """Traditional substitution: no # / ##, parameters replaced inside literals too."""
+        index = {name: n for n, name in enumerate(macro.arglist or [])}
+        expanded: dict[int, list[Any]] = {}
+        result: list[Any] = []
+        for tok in macro.value:
+            if tok.type == _ID and tok.value in index:
+                n = index[tok.value]
+                if n not in expanded:
+                    expanded[n] = self.expand_macros(copy.copy(args[n]))
+                result.extend(copy.copy(t) for t in expanded[n])
+            elif tok.type in (_STRING, _CHAR) and index:
+                new = copy.copy(tok)
+
+                def substitute(match: re.Match[str]) -> str:
+                    n = index.get(match.group())
+                    if n is None:
+                        return match.group()
+                    return "".join("" if t.type == _LINECONT else str(t.value) for t in args[n])
+
+                new.value = _IDENT_RE.sub(substitute, str(tok.value))
+                result.append(new)
+            else:
+                result.append(copy.copy(tok))
+        return result
+
+    def expand_macros(self, tokens: Any, expanding_from: Any = None) -> Any:
+        if self._scan_hazards:
+            self._check_expansion_hazards(tokens, expanding_from or [])
+        return super().expand_macros(tokens, [] if expanding_from is None else expanding_from)
+
+    def evalexpr(self, tokens: Any) -> Any:
+        if all(t.type in (_MISSING, _WS, _COMMENT) for t in tokens):
+            source, line = self._where()
+            name = self.lastdirective.value if self.lastdirective is not None else "if"
+            raise self.error(source, line, f"#{name} with no expression")
+        words = [t for t in tokens if t.type not in (_WS, _COMMENT)]
+        for n, tok in enumerate(words):
+            if tok.type == _ID and tok.value == "defined":
+                rest = [t.type if t.type == _ID else t.value for t in words[n + 1 : n + 4]]
+                if rest[:1] != [_ID] and rest != ["(", _ID, ")"]:
+                    source, line = self._where()
+                    raise self.error(source, line, "'defined' needs a macro name: defined(NAME)")
+        self._scan_hazards = False
+        try:
+            return super().evalexpr(tokens)
+        finally:
+            self._scan_hazards = True
+
+    def _check_expansion_hazards(self, tokens: Sequence[Any], via: list[str]) -> None:
+        """Warn about builtins, ``$MACRO`` references and macros hidden by an unmatched quote.
+
+        ``via`` is non-empty when ``tokens`` is the body of a macro being expanded: then the
+        warning goes to the line that uses the macro, not to its #define.
+        """
+        dollar_refs: dict[tuple[str, int, str], list[str]] = {}
+        for i, tok in enumerate(tokens):
+            source, line = self._use_site(tok, via)
+            if tok.type == _ID:
+                name = str(tok.value)
+                if name in _BUILTINS and (name in self.macros or name in ("__LINE__", "__COUNTER__")):
+                    self._warn_builtin(source, line, name, via)
+                    continue
+                macro = self.macros.get(name)
+                if macro is None:
+                    continue
+                dollar = i > 0 and tokens[i - 1].value == "$"
+                brace = i > 1 and tokens[i - 1].value == "{" and tokens[i - 2].value == "$"
+                if not (dollar or brace) or not self._will_expand(tokens, i, macro):
+                    continue
+                close = "}" if brace and i + 1 < len(tokens) and tokens[i + 1].value == "}" else ""
+                lead = "$" if dollar else "${"
+                ref = f"{lead}{name}{close}"
+                if macro.arglist is None:
+                    what = f"{ref!r} becomes {lead + _text(macro.value) + close!r}"
+                else:
+                    what = f"{ref!r} and its argument list are replaced"
+                if via:
+                    what += f" (in the expansion of {via[-1]})"
+                forms = dollar_refs.setdefault((source, line, name), [])
+                if what not in forms:
+                    forms.append(what)
+            elif tok.type in (_CHAR, _STRING) and getattr(tok, "unterminated", False):
+                value = str(tok.value)
+                names = [m for m in _IDENT_RE.findall(value) if m in self.macros]
+                if names:
+                    self.warn(
+                        source, line,
+                        f"macro {names[0]} is not expanded: it follows an unmatched {value[0]} "
+                        "and cpp reads the rest of the line as a quoted literal",
+                    )  # fmt: skip
+        for (source, line, name), forms in dollar_refs.items():
+            macro = self.macros[name]
+            where = f"#define at {macro.source}:{macro.lineno}" if macro.source else "-D"
+            self.warn(
+                source, line,
+                f"{name} is a macro ({where}), so cpp replaces the shell/Dockerfile variable: "
+                f"{', '.join(forms)}; rename the macro or the variable",
+            )  # fmt: skip
+
+    def _will_expand(self, tokens: Sequence[Any], i: int, macro: Any) -> bool:
+        if macro.arglist is None:
+            return True
+        j = i + 1
+        while j < len(tokens) and tokens[j].type in self.t_WS:
+            j += 1
+        return j < len(tokens) and tokens[j].value == "("
+
+    def _use_site(self, tok: Any, via: list[str]) -> tuple[str, int]:
+        if via and self.linemacro:
+            return str(self.source), int(self.linemacro)
+        return str(tok.source), int(tok.lineno)
+
+    def _warn_builtin(self, source: str, line: int, name: str, via: list[str]) -> None:
+        if name == "__LINE__":
+            value = str(line)
+        elif name == "__COUNTER__":
+            value = "a counter (0, 1, ...)"
+        else:
+            value = _text(self.macros[name].value)
+        note = (
+            "; the output changes with every build"
+            if name in ("__DATE__", "__TIME__", "__TIMESTAMP__")
+            else ""
+        )
+        if via:
+            note += f" (in the expansion of {via[-1]})"
+        self.warn(source, line, f"{name} is replaced by cpp with {value}{note}")
+
+    # ---- lines and files ------------------------------------------------------------------
+
+    def parsegen(self, input: Any, source: Any = None, abssource: Any = None) -> Iterator[Any]:
+        # pcpp replaces trigraphs before calling group_lines; we hand group_lines the raw text.
+        self._raw_text = str(input)
+        yield from super().parsegen(input, source, abssource)
+
+    def group_lines(self, input: Any, abssource: Any) -> list[list[Any]]:
+        text = self._raw_text
+        lexer = self.lexer.clone()
+        lexer.input(text)
+        lines: list[list[Any]] = []
+        current: list[Any] = []
+        while True:
+            tok = lexer.token()
+            if tok is None:
+                break
+            tok.source = abssource
+            current.append(tok)
+            if tok.type == _WS and tok.value == "\n":
+                lines.append(current)
+                current = []
+        if current:
+            newline = _Token(_WS, "\n", current[-1].lineno + str(current[-1].value).count("\n"), 0)
+            newline.source = abssource
+            current.append(newline)
+            lines.append(current)
+        return [self._fix_line(line) for line in lines]
+
+    def _fix_line(self, line: list[Any]) -> list[Any]:
+        first = line[0]
+        if len(line) == 1:  # just the newline: a blank source line
+            return [self._marker(_BLANK, first), first]
+        if first.type != _POUND:
+            for tok in line:
+                if tok.type in (_WS, _COMMENT, _LINECONT):
+                    continue
+                if tok.type == _POUND:  # '#' not in column 0: not a directive for cpp -traditional
+                    return [self._marker(_BOL, first), *line]
+                break
+            return line
+        # '#elifdef X' / '#elifndef X' -> '#elif [!]defined X'
+        i = 1
+        while i < len(line) and line[i].type in (_WS, _COMMENT):
+            i += 1
+        if i < len(line) and line[i].type == _ID and line[i].value in ("elifdef", "elifndef"):
+            negate = line[i].value == "elifndef"
+            parts = [("elif", _ID), (" ", _WS)] + ([("!", "CPP_EXCLAMATION")] if negate else [])
+            parts += [("defined", _ID), (" ", _WS)]
+            new = []
+            for value, kind in parts:
+                tok = copy.copy(line[i])
+                tok.type, tok.value = kind, value
+                new.append(tok)
+            line = line[:i] + new + line[i + 1 :]
+        return line
+
+    @staticmethod
+    def _marker(kind: str, near: Any) -> Any:
+        tok = copy.copy(near)
+        tok.type, tok.value = kind, ""
+        return tok
+
+    def include(self, tokens: Any, original_line: Any) -> Iterator[Any]:
+        source, line = self._where()
+        tokens = self.tokenstrip(list(tokens))
+        name, system = self._include_name(tokens, source, line)
+        found = self._find_include(name, system, source, line)
+        display, resolved = found
+        if any(os.path.realpath(k) == resolved for k in self.include_once):
+            return  # #pragma once
+        self._check_cycle(display, resolved, source, line)
+        text = _read_source(Path(display), (source, line))
+        path = Path(display)
+        if path not in self._included:
+            self._included.append(path)
+        self._push(_Frame(display, resolved, text))
+        saved = {k: self.macros.get(k) for k in ("__FILE_NAME__", "__INCLUDE_LEVEL__", "__TIMESTAMP__")}
+        self._define_file_macros(display)
+        try:
+            yield from self.parsegen(text, name, display)
+        finally:
+            self._frames.pop()
+            for key, macro in saved.items():
+                if macro is None:
+                    self.macros.pop(key, None)
+                else:
+                    self.macros[key] = macro
+
+    def _push(self, frame: _Frame) -> None:
+        self._frames.append(frame)
+        if frame.display not in self._file_order:
+            self._file_order.append(frame.display)
+
+    def _define_file_macros(self, display: str) -> None:
+        self.define(f"__FILE_NAME__ {self._quote(os.path.basename(display))}")
+        self.define(f"__INCLUDE_LEVEL__ {len(self._frames) - 1}")
+        try:
+            when = time.localtime(os.stat(display).st_mtime)
+            stamp = time.strftime(f"%a %b {when.tm_mday:2d} %H:%M:%S %Y", when)
+        except OSError:
+            stamp = "??? ??? ?? ??:??:?? ????"
+        self.define(f'__TIMESTAMP__ "{stamp}"')
+
+    def _include_name(self, tokens: list[Any], source: str, line: int) -> tuple[str, bool]:
+        if not tokens:
+            raise self.error(source, line, '#include expects "FILE" or <FILE>, found nothing')
+        first = tokens[0]
+        if first.type == _STRING and len(str(first.value)) >= 2 and str(first.value).endswith('"'):
+            name, system = str(first.value)[1:-1], False
+        elif first.value == "<":
+            close = next((i for i, t in enumerate(tokens) if t.value == ">"), None)
+            if close is None:
+                raise self.error(source, line, f"#include: missing '>' in {_text(tokens)!r}")
+            name, system = _text(tokens[1:close]), True
+        else:
+            raise self.error(
+                source, line,
+                f'#include expects "FILE" or <FILE>, found {_text(tokens)!r}' + self._comment_hint(),
+            )  # fmt: skip
+        if not name.strip():
+            raise self.error(source, line, "#include with an empty file name")
+        return name, system
+
+    def _find_include(self, name: str, system: bool, source: str, line: int) -> tuple[str, str]:
+        spelled = f"<{name}>" if system else f'"{name}"'
+        searched = ", ".join(str(d) for d in self.include_dirs) or "(empty search path)"
+        if os.path.isabs(name) or name.startswith("~"):
+            raise self.error(
+                source, line,
+                f"refusing #include {spelled}: absolute paths are not allowed; includes are "
+                f"looked up in the search path: {searched}",
+            )  # fmt: skip
+        dirs: list[tuple[str, str]] = []
+        if not system and self._frames and (len(self._frames) > 1 or self._search_main_dir):
+            here = os.path.dirname(self._frames[-1].display)
+            dirs.append((here, f"{here or '.'} (directory of {self._frames[-1].display})"))
+        dirs += [(str(d), str(d)) for d in self.include_dirs]
+        for directory, _label in dirs:
+            candidate = os.path.join(directory, name)
+            lexical = os.path.normpath(os.path.abspath(candidate))
+            if ".." in Path(name).parts and not any(_is_within(lexical, r) for r in self._roots_lexical):
+                raise self.error(
+                    source, line,
+                    f"refusing #include {spelled}: it leaves the include search path "
+                    f"({lexical} is outside {searched})",
+                )  # fmt: skip
+            if not os.path.isfile(candidate):
+                continue
+            real = os.path.realpath(candidate)
+            if not any(_is_within(real, r) for r in self._roots_real):
+                raise self.error(
+                    source, line,
+                    f"refusing #include {spelled}: {candidate} resolves to {real}, outside the "
+                    f"include search path ({searched})",
+                )  # fmt: skip
+            return candidate, real
+        tried = "\n".join(f"  {label}" for _d, label in dirs) or "  (no directories)"
+        raise self.error(source, line, f"#include {spelled}: file not found; searched:\n{tried}")
+
+    def _check_cycle(self, display: str, resolved: str, source: str, line: int) -> None:
+        if len(self._frames) >= _MAX_INCLUDE_DEPTH:
+            raise self.error(source, line, f"#include nested more than {_MAX_INCLUDE_DEPTH} levels")
+        active = [f for f in self._frames if f.resolved == resolved]
+        if not active:
+            return
+        if len(active) == 1:
+            guard = _include_guard(active[0].text)
+            if guard is not None and guard in self.macros:
+                return  # guarded: the nested copy produces nothing, as with cpp
+        start = next(i for i, f in enumerate(self._frames) if f is active[0])
+        chain = " -> ".join(f"{f.display}:{f.include_line}" for f in self._frames[start:])
+        raise self.error(source, line, f"include cycle: {chain} -> {display}")
+
+    # ---- output ---------------------------------------------------------------------------
+
+    def render(self, tokens: Iterable[Any]) -> str:
+        lines: list[str] = []
+        current: list[Any] = []
+        for tok in tokens:
+            if tok.type == _GCC_SPACE:
+                continue
+            if tok.type == _WS and tok.value == "\n":
+                self._render_line(current, lines)
+                current = []
+            else:
+                current.append(tok)
+        if current:
+            self._render_line(current, lines)
+        while lines and not lines[0]:
+            lines.pop(0)
+        while lines and not lines[-1]:
+            lines.pop()
+        return "\n".join(lines) + "\n" if lines else ""
+
+    def _render_line(self, toks: list[Any], out: list[str]) -> None:
+        visible = [t for t in toks if t.type not in _INVISIBLE and str(t.value).strip()]
+        if not visible:
+            if any(t.type == _BLANK for t in toks):
+                out.append("")
+            return
+        self._check_line_hazards(toks, visible)
+        text = _text(toks)
+        out.append("\n".join(part.rstrip(" \t") for part in text.split("\n")))
+
+    def _check_line_hazards(self, toks: list[Any], visible: list[Any]) -> None:
+        first = visible[0]
+        if first.type == _POUND and toks[0] is not first:
+            idx = toks.index(first)
+            word = next((t for t in toks[idx + 1 :] if t.type not in _INVISIBLE), None)
+            if word is not None and word.type == _ID and word.value in _DIRECTIVES:
+                self.warn(
+                    str(first.source), int(first.lineno),
+                    f"'#{word.value}' is not in column 0, so cpp -traditional does not treat it as "
+                    "a directive: the line is passed through as text",
+                )  # fmt: skip
+        for i, tok in enumerate(toks):
+            if tok.type != _LINECONT:
+                continue
+            j = i + 1
+            while j < len(toks) and toks[j].type == _WS:
+                j += 1
+            if j < len(toks) and toks[j].type == _POUND:
+                self.warn(
+                    str(toks[j].source), int(toks[j].lineno),
+                    "'#' line inside a continued instruction: cpp (and buildah) join it into the "
+                    "instruction, where the shell treats the rest as a comment; kiln keeps the "
+                    "line break, so the Dockerfile parser drops the comment line instead",
+                )  # fmt: skip
+
+
+_EVAL_ERROR_RE = re.compile(r"due to (.*) \(passed to evaluator: '(.*)'\)$", re.DOTALL)
+_GLOB_HINT = ". If this is a shell glob, keep '/' and '*' apart, e.g. write 'lists/?*' instead of 'lists/*'"
+_COMMENT_HINT = (
+    " (if this line is meant as a Dockerfile comment: a '#' line that starts with a directive "
+    "name is read as that directive; indent the comment to keep it, or reword it)"
+)
+_PROSE_DIRECTIVE_RE = re.compile(r"^#[ \t]+[A-Za-z_]+[ \t]+\S")
+
+
+def _macro_signature(macro: Any) -> tuple[Any, str]:
+    return macro.arglist, " ".join(_text(macro.value).split())
+
+
+def _include_guard(text: str) -> str | None:
+    """The macro of an ``#ifndef X`` guard opening ``text`` (after blank lines and comments)."""
+    stripped = re.sub(r"/\*.*?\*/", " ", text, flags=re.DOTALL).lstrip()
+    match = _GUARD_RE.match(stripped)
+    if match is None:
+        return None
+    return match.group(1) or match.group(2)
+
+
+def _run(
+    text: str,
+    main: Path,
+    include_path: Sequence[Path],
+    defines: Mapping[str, str] | None,
+    strict: bool,
+    main_was_read: bool,
+) -> PreprocessResult:
+    pp = _KilnPreprocessor(include_path, main, main_was_read)
+    for name, value in (defines or {}).items():
+        if not _DEFINE_NAME_RE.match(name) or "\n" in str(value):
+            raise PreprocessError(f"<command-line>:0: invalid definition -D {name}={value!r}")
+        pp.define(f"{name} {value}")
+    display = str(main)
+    if main_was_read:
+        pp._included.append(main)
+    resolved = os.path.realpath(display) if main_was_read else None
+    pp._push(_Frame(display, resolved, text))
+    pp._define_file_macros(display)
+    try:
+        output = pp.render(pp.parsegen(text, display, display))
+    except IndexError as exc:  # pcpp indexes directive arguments without checking them
+        source, line = pp._where()
+        raise pp.error(source, line, f"malformed directive ({exc!r} in pcpp)") from exc
+    order = {f: n for n, f in enumerate(pp._file_order)}
+    diagnostics = tuple(sorted(pp._diagnostics, key=lambda d: (order.get(str(d.file), len(order)), d.line)))
+    if strict and diagnostics:
+        listing = "\n".join(f"  {d}" for d in diagnostics)
+        raise PreprocessError(
+            f"{diagnostics[0].file}:{diagnostics[0].line}: {len(diagnostics)} preprocessor "
+            f"warning(s), errors in strict mode:\n{listing}"
+        )
+    return PreprocessResult(output, diagnostics, tuple(pp._included))
