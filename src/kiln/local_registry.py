@@ -196,6 +196,9 @@ def _ping(host: str, scheme: str = "http") -> bool:
     try:
         with urllib.request.urlopen(f"{scheme}://{host}/v2/", timeout=2) as response:
             return bool(response.status == 200)
+    except urllib.error.HTTPError:
+        # It answered: up, but wants auth (401) or TLS (400 "HTTP request to an HTTPS server").
+        return True
     except (urllib.error.URLError, OSError):
         return False
 

@@ -76,6 +76,15 @@ class Settings:
     mirror_config: Path | None = None
     dry_run: bool = False
     json_output: bool = False
+    # build engine (kiln.build): push after building (None = push when a registry is configured,
+    # in CI, or to the embedded local registry); build missing dependency images first; the
+    # build context (None = the project directory, so COPY paths are relative to the repo root).
+    push: bool | None = None
+    deps: bool = True
+    context_dir: Path | None = None
+    # registry client (kiln.registry): reach registries on 127.0.0.1/localhost over TLS too
+    # (by default loopback registries are plain HTTP, as the embedded local registry is).
+    loopback_tls: bool = False
     ci: CIContext = field(default_factory=CIContext)
 
     # -- derived -------------------------------------------------------------------------
@@ -171,9 +180,10 @@ def _env_names(name: str) -> tuple[str, ...]:
 
 _PATH_FIELDS = {
     "builds_dir", "includes_dir", "state_dir", "ca_bundle", "auth_file", "mirror_config",
-    "storage_root", "storage_runroot",
+    "storage_root", "storage_runroot", "context_dir",
 }
-_BOOL_FIELDS = {"layers", "strict", "tls_verify", "dry_run", "json_output"}
+_BOOL_FIELDS = {"layers", "strict", "tls_verify", "dry_run", "json_output", "push", "deps",
+                "loopback_tls"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")

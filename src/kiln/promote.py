@@ -1,0 +1,450 @@
+"""Registry-side promotion: ``manifest``, ``tag``, ``deploy-production``, ``deploy-mr``, ``stop-mr``.
+
+Every operation here moves manifests, never layers (REFERENCE §4, §7):
+
+* ``manifest`` reads each per-arch image ``p-<id>-<arch>`` (one manifest GET and its small config
+  blob, to check the architecture) and writes one index ``p-<id>`` whose children are exactly
+  those digests. The children were just read, so everything the index references exists before
+  it is written.
+* ``tag`` / ``deploy-*`` read ``p-<id>`` once and PUT the same bytes under each new tag: one GET,
+  one PUT per tag, no blob request. A PUT of identical bytes is a no-op for the registry's
+  content, so a rerun converges without a HEAD per tag.
+* ``stop-mr`` removes ``mr-<iid>`` and nothing else. The distribution API deletes manifests by
+  *digest*, and deleting a digest removes every tag on it (``p-``, ``g-``, ``latest`` ... share
+  the digest of ``mr-<iid>``). Deleting by tag is optional in the spec and some registries treat
+  it as a digest delete. So kiln first points ``mr-<iid>`` at a unique throwaway manifest (an OCI
+  manifest whose config and only layer are the empty ``{}`` blob, with a unique annotation),
+  then deletes *that* digest: only ``mr-<iid>`` pointed at it, so only ``mr-<iid>`` goes. The
+  original manifest and its other tags are never touched; kiln lists the tags before and after
+  and fails loudly if any other tag disappeared. A run interrupted between the two steps leaves
+  ``mr-<iid>`` on a throwaway manifest; the rerun recognises it by its annotation and deletes it.
+
+An image may have several destinations (``[tool.kiln.images.<name>] destinations``). The source
+``p-<id>`` lives where ``build``/``manifest`` pushed it (``settings.registry``); a destination in
+another repository first receives the manifest with all its blobs through ``skopeo copy --all
+--preserve-digests`` (digest-pinned, so the digest is the same everywhere), then the remaining
+tags are manifest PUTs. A private image is never sent to a public registry: that is a
+configuration error raised before anything is written.
+
+Pure planning (:func:`plan_index`, :func:`destinations_for`) is separate from the I/O
+(:class:`Registry`), which also implements ``--dry-run``: reads are performed (to plan), writes
+are printed and skipped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kiln import proc
+from kiln.arch import normalize_arch
+from kiln.ci_context import CIContext
+from kiln.errors import ConfigError, InputError, RegistryError
+from kiln.registry import media
+from kiln.registry.client import Manifest, ManifestInfo, RegistryClient, credentials_for, is_loopback
+from kiln.registry.reference import split_repository, validate_repository, validate_tag
+from kiln.settings import Settings
+from kiln.tag_policy import arch_tag, source_tag
+
+# -- where images live ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One repository an image is published to: ``host/path/<image>``."""
+
+    host: str
+    repository: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}/{self.repository}"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def from_prefix(cls, prefix: str, image: str) -> Destination:
+        host, path = split_repository(prefix)
+        repository = f"{path}/{image}" if path else image
+        return cls(host, validate_repository(repository))
+
+
+def _is_public(host: str, public: Sequence[str]) -> bool:
+    aliases = {"docker.io", "index.docker.io", "registry-1.docker.io"}
+    hosts = set(public) | (aliases if aliases & set(public) else set())
+    return host in hosts
+
+
+def destinations_for(settings: Settings, image: str, registry: str) -> list[Destination]:
+    """Where ``image``'s promotion tags go; pure. ``registry`` is the source prefix.
+
+    Default: the source registry only. ``destinations`` configured for the image replace it.
+    A private image with a public destination is a :class:`ConfigError`.
+    """
+    conf = settings.image_settings(image)
+    prefixes = list(conf.destinations) or [registry]
+    result: list[Destination] = []
+    for prefix in prefixes:
+        dest = Destination.from_prefix(prefix, image)
+        check_private(settings, image, dest)
+        if dest not in result:
+            result.append(dest)
+    return result
+
+
+def check_private(settings: Settings, image: str, dest: Destination) -> None:
+    """A private image never goes to a registry listed in ``public_registries``."""
+    if settings.image_settings(image).private and _is_public(dest.host,
+                                                             settings.public_registries):
+        raise ConfigError(
+            f"image {image!r} is private but {dest.name} is on a public registry ({dest.host})",
+            hint=f"remove that destination from [tool.kiln.images.{image}], use a private "
+                 "registry, or mark the image private = false",
+        )
+
+
+# -- operations log and dry run ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Op:
+    """One registry operation, as ``--dry-run`` prints it."""
+
+    method: str
+    repository: str
+    reference: str
+    note: str = ""
+
+    def __str__(self) -> str:
+        if self.reference.startswith("sha256:"):
+            text = f"{self.method:<6} {self.repository}@{self.reference}"
+        elif self.reference == "tags/list":
+            text = f"{self.method:<6} {self.repository} tags/list"
+        else:
+            text = f"{self.method:<6} {self.repository}:{self.reference}"
+        return f"{text}  ({self.note})" if self.note else text
+
+
+@dataclass(frozen=True)
+class Result:
+    """What happened to one tag at one destination."""
+
+    destination: str
+    tag: str
+    digest: str
+    status: str  # written | removed | absent | copied | planned
+
+    def as_dict(self) -> dict[str, str]:
+        return {"destination": self.destination, "tag": self.tag, "digest": self.digest,
+                "status": self.status}
+
+
+class Registry:
+    """A client bound to one repository, logging every operation; writes skipped in dry run."""
+
+    def __init__(self, client: RegistryClient, repository: str, *, dry_run: bool = False,
+                 log: Callable[[Op], None] | None = None) -> None:
+        self.client = client
+        self.repository = repository
+        self.dry_run = dry_run
+        self.ops: list[Op] = []
+        self._log = log
+
+    @property
+    def name(self) -> str:
+        return f"{self.client.host}/{self.repository}"
+
+    def _record(self, method: str, reference: str, note: str = "") -> None:
+        op = Op(method, self.name, reference, note)
+        self.ops.append(op)
+        if self._log is not None:
+            self._log(op)
+
+    def head(self, ref: str) -> ManifestInfo | None:
+        self._record("HEAD", ref, "manifest")
+        return self.client.head_manifest(self.repository, ref)
+
+    def get(self, ref: str) -> Manifest:
+        self._record("GET", ref, "manifest")
+        return self.client.get_manifest(self.repository, ref)
+
+    def get_config(self, digest: str) -> dict[str, Any]:
+        self._record("GET", digest, "config blob")
+        body = self.client.get_blob(self.repository, digest)
+        return media.parse_json(body, f"{self.name}@{digest} config")
+
+    def tags(self) -> list[str]:
+        self._record("GET", "tags/list", "tags")
+        return self.client.list_tags(self.repository)
+
+    def put(self, ref: str, manifest: Manifest) -> str:
+        self._record("PUT", ref, f"manifest {manifest.digest}" + (" (dry run)" if self.dry_run
+                                                                   else ""))
+        if self.dry_run:
+            return manifest.digest
+        return self.client.put_manifest(self.repository, ref, manifest)
+
+    def put_blob(self, data: bytes) -> str:
+        digest = media.digest_of(data)
+        self._record("PUT", digest, "blob (if missing)" + (" (dry run)" if self.dry_run else ""))
+        if self.dry_run:
+            return digest
+        return self.client.put_blob(self.repository, data)
+
+    def delete(self, digest: str) -> None:
+        self._record("DELETE", digest, "manifest" + (" (dry run)" if self.dry_run else ""))
+        if not self.dry_run:
+            self.client.delete_manifest(self.repository, digest, missing_ok=True)
+
+
+# -- manifest: the multi-arch index ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Child:
+    """A per-arch image as read from the registry: its manifest and its config."""
+
+    arch: str
+    tag: str
+    manifest: Manifest
+    config: Mapping[str, Any]
+
+
+def plan_index(children: Sequence[Child], where: str) -> Manifest:
+    """The index over ``children``; pure. Checks each config says the arch its tag claims.
+
+    The index type follows the children: a Docker manifest list over v2s2 images, an OCI index
+    over OCI images (mixed: OCI index). Children keep their digests: the descriptors carry the
+    digest and size of the exact bytes read.
+    """
+    if not children:
+        raise InputError("no architectures to assemble", hint="set IMAGE_ARCHES, e.g. 'amd64 arm64'")
+    descriptors: list[media.Descriptor] = []
+    for child in children:
+        ref = f"{where}:{child.tag}"
+        if child.manifest.media_type not in media.IMAGE_TYPES:
+            raise InputError(
+                f"{ref} is a {child.manifest.media_type}, not a single-architecture image",
+                hint="manifest assembles the per-arch images pushed by build-arch",
+            )
+        platform = media.platform_from_config(child.config)
+        try:
+            actual = normalize_arch(platform["architecture"]) if platform["architecture"] else ""
+        except InputError:
+            actual = platform["architecture"]
+        if actual != child.arch:
+            raise InputError(
+                f"{ref} is mislabelled: its config says architecture "
+                f"{platform['architecture'] or '(none)'!r}, the tag says {child.arch!r}",
+                hint=f"rebuild it with build-arch --arch {child.arch} (nothing was written)",
+            )
+        if not platform["os"]:
+            raise InputError(f"{ref}: its config has no 'os'", hint="rebuild the image")
+        descriptors.append(media.Descriptor(child.manifest.media_type, child.manifest.digest,
+                                            len(child.manifest.body), platform))
+    types = {c.manifest.media_type for c in children}
+    index_type = media.index_type_for(types.pop() if len(types) == 1 else media.OCI_MANIFEST)
+    return Manifest.from_bytes(media.build_index(index_type, descriptors), index_type)
+
+
+def assemble_index(reg: Registry, ci: CIContext, arches: Sequence[str]) -> Result:
+    """Read ``p-<id>-<arch>`` for each arch, write the index ``p-<id>`` (one PUT)."""
+    if not arches:
+        raise InputError("no architectures to assemble",
+                         hint="set IMAGE_ARCHES (e.g. IMAGE_ARCHES='amd64 arm64') or --arches")
+    children = []
+    for arch in arches:
+        tag = arch_tag(ci, arch)
+        try:
+            manifest = reg.get(tag)
+        except RegistryError as exc:
+            raise InputError(
+                f"{reg.name}:{tag} cannot be read: {exc.message}",
+                hint=f"run build-arch --arch {arch} first (nothing was written)",
+            ) from exc
+        if manifest.media_type not in media.IMAGE_TYPES:
+            raise InputError(f"{reg.name}:{tag} is a {manifest.media_type}, not an image",
+                             hint="manifest assembles the per-arch images pushed by build-arch")
+        config = reg.get_config(media.config_descriptor(manifest.body, f"{reg.name}:{tag}").digest)
+        children.append(Child(arch, tag, manifest, config))
+    index = plan_index(children, reg.name)
+    target = source_tag(ci)
+    reg.put(target, index)
+    return Result(reg.name, target, index.digest, "planned" if reg.dry_run else "written")
+
+
+# -- tag / deploy ------------------------------------------------------------------------------
+
+
+def copy_tags(reg: Registry, source: str | Manifest, tags: Sequence[str]) -> list[Result]:
+    """Write ``source`` (a tag of this repository, or a manifest already read) under ``tags``."""
+    for tag in tags:
+        validate_tag(tag)
+    manifest = reg.get(source) if isinstance(source, str) else source
+    status = "planned" if reg.dry_run else "written"
+    return [Result(reg.name, tag, reg.put(tag, manifest), status) for tag in tags]
+
+
+def remove_tag(reg: Registry, tag: str) -> Result:
+    """Remove ``tag`` alone (see the module docstring for why a throwaway manifest)."""
+    validate_tag(tag)
+    current = reg.head(tag)
+    if current is None:
+        return Result(reg.name, tag, "", "absent")
+    if current.media_type == media.OCI_MANIFEST and current.size < 1024:
+        leftover = reg.get(tag)
+        if media.is_throwaway(leftover.body):  # an interrupted stop-mr: finish it
+            reg.delete(leftover.digest)
+            return Result(reg.name, tag, current.digest, "planned" if reg.dry_run else "removed")
+    before = set(reg.tags())
+    reg.put_blob(media.EMPTY_JSON)
+    marker = f"{tag}:{secrets.token_hex(16)}"
+    throwaway = Manifest.from_bytes(media.throwaway_manifest(marker), media.OCI_MANIFEST)
+    reg.put(tag, throwaway)
+    reg.delete(throwaway.digest)
+    if reg.dry_run:
+        return Result(reg.name, tag, current.digest, "planned")
+    after = set(reg.tags())
+    lost = sorted(before - after - {tag})
+    if lost:
+        raise RegistryError(
+            f"{reg.name}: removing {tag} also removed {', '.join(lost)}",
+            hint="the registry deletes tags in an unexpected way; restore them with "
+                 "'invoke tag' from the p-<pipeline> image",
+        )
+    if tag in after:
+        raise RegistryError(f"{reg.name}: {tag} is still listed after its removal")
+    return Result(reg.name, tag, current.digest, "removed")
+
+
+# -- several destinations ----------------------------------------------------------------------
+
+
+@contextmanager
+def _skopeo_auth(settings: Settings, hosts: Sequence[str]) -> Iterator[list[str]]:
+    """skopeo arguments with credentials in a private temporary auth file (never in argv)."""
+    auths: dict[str, dict[str, str]] = {}
+    for host in hosts:
+        creds = credentials_for(host, settings)
+        if creds is not None:
+            raw = f"{creds.username}:{creds.password}".encode()
+            auths[host] = {"auth": base64.b64encode(raw).decode()}
+    if not auths:
+        yield []
+        return
+    fd, path = tempfile.mkstemp(prefix="kiln-auth-", suffix=".json")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"auths": auths}, handle)
+        yield ["--authfile", path]
+    finally:
+        Path(path).unlink(missing_ok=True)
+
+
+def _tls_args(flag: str, host: str, settings: Settings) -> list[str]:
+    if is_loopback(host) and not settings.loopback_tls:
+        return [f"--{flag}-tls-verify=false"]
+    if not settings.tls_verify:
+        return [f"--{flag}-tls-verify=false"]
+    return []
+
+
+def copy_between(settings: Settings, source: Destination, digest: str, dest: Destination,
+                 tag: str, *, dry_run: bool, log: Callable[[Op], None]) -> None:
+    """Copy ``source@digest`` with all its architectures to ``dest:tag``, digests preserved."""
+    log(Op("COPY", dest.name, tag, f"skopeo copy --all {source}@{digest}"
+           + (" (dry run)" if dry_run else "")))
+    if dry_run:
+        return
+    with _skopeo_auth(settings, [source.host, dest.host]) as auth:
+        args = ["skopeo", "copy", "--all", "--preserve-digests", "--retry-times", "3", *auth,
+                *_tls_args("src", source.host, settings), *_tls_args("dest", dest.host, settings),
+                f"docker://{source.name}@{digest}", f"docker://{dest.name}:{tag}"]
+        if settings.ca_bundle is not None:
+            with tempfile.TemporaryDirectory(prefix="kiln-certs-") as certs:
+                (Path(certs) / "ca.crt").write_bytes(settings.ca_bundle.read_bytes())
+                proc.run([*args[:3], "--src-cert-dir", certs, "--dest-cert-dir", certs,
+                          *args[3:]], error=RegistryError, what="copy to another registry")
+                return
+        proc.run(args, error=RegistryError, what="copy to another registry")
+
+
+ClientFactory = Callable[[str], RegistryClient]
+
+
+def promote(
+    settings: Settings,
+    image: str,
+    registry: str,
+    tags: Sequence[str],
+    *,
+    source_ref: str,
+    client_factory: ClientFactory,
+    log: Callable[[Op], None],
+) -> list[Result]:
+    """Write ``tags`` for ``registry/image:source_ref`` at every destination of the image.
+
+    The source is read once. A destination in the source repository gets manifest PUTs; any other
+    destination first gets a digest-preserving copy under the first tag (blobs and children
+    arrive before the tag), then PUTs for the other tags.
+    """
+    source = Destination.from_prefix(registry, image)
+    destinations = destinations_for(settings, image, registry)
+    clients: dict[str, RegistryClient] = {}
+
+    def client(host: str) -> RegistryClient:
+        if host not in clients:
+            clients[host] = client_factory(host)
+        return clients[host]
+
+    try:
+        src = Registry(client(source.host), source.repository, dry_run=settings.dry_run, log=log)
+        try:
+            manifest = src.get(source_ref)
+        except RegistryError as exc:
+            raise InputError(f"{source}:{source_ref} cannot be read: {exc.message}",
+                             hint="build (and for several arches, manifest) must run first; "
+                                  "nothing was written") from exc
+        results: list[Result] = []
+        for dest in destinations:
+            reg = Registry(client(dest.host), dest.repository, dry_run=settings.dry_run, log=log)
+            remaining = list(tags)
+            if dest != source and remaining and reg.head(manifest.digest) is None:
+                copy_between(settings, source, manifest.digest, dest, remaining[0],
+                             dry_run=settings.dry_run, log=log)
+                results.append(Result(dest.name, remaining[0], manifest.digest,
+                                      "planned" if settings.dry_run else "copied"))
+                remaining = remaining[1:]
+            results.extend(copy_tags(reg, manifest, remaining))
+        return results
+    finally:
+        for c in clients.values():
+            c.close()
+
+
+def unpromote(
+    settings: Settings,
+    image: str,
+    registry: str,
+    tag: str,
+    *,
+    client_factory: ClientFactory,
+    log: Callable[[Op], None],
+) -> list[Result]:
+    """Remove ``tag`` (alone) at every destination of the image."""
+    results = []
+    for dest in destinations_for(settings, image, registry):
+        with client_factory(dest.host) as c:
+            results.append(remove_tag(Registry(c, dest.repository, dry_run=settings.dry_run,
+                                               log=log), tag))
+    return results

@@ -1,0 +1,93 @@
+"""Which tags a pipeline writes (REFERENCE §4), as pure functions of the pipeline context.
+
+=================  ==========================================
+tag                when
+=================  ==========================================
+``p-<id>``         every pipeline (build / manifest)
+``g-<id>``         the pipeline succeeded (``tag``)
+``latest``         ... on the default branch
+``<git tag>``      ... in a tag pipeline
+``mr-<iid>``       ... in a merge-request pipeline; deploy-mr
+``production``     deploy-production
+=================  ==========================================
+
+A git tag becomes an image tag only if it is a valid tag name and does not collide with a tag
+kiln manages itself (``production``, ``latest``, ``p-<n>``, ``g-<n>``, ``mr-<n>``): a git tag
+called ``production`` must not silently redeploy production.
+"""
+
+from __future__ import annotations
+
+import re
+
+from kiln.arch import normalize_arch
+from kiln.ci_context import CIContext
+from kiln.errors import InputError
+from kiln.registry.reference import TAG_RE
+
+PRODUCTION = "production"
+LATEST = "latest"
+_RESERVED = re.compile(r"^(?:production|latest|[pg]-[A-Za-z0-9]+(?:-[a-z0-9]+)?|mr-\d+)$")
+_PIPELINE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}$")
+_IID = re.compile(r"^[0-9]{1,18}$")
+
+
+def _pipeline(ci: CIContext) -> str:
+    if not _PIPELINE_ID.match(ci.pipeline_id):
+        raise InputError(f"invalid pipeline id {ci.pipeline_id!r} (CI_PIPELINE_ID)",
+                         hint="a pipeline id is a number in GitLab, 'local' outside CI")
+    return ci.pipeline_id
+
+
+def source_tag(ci: CIContext) -> str:
+    """``p-<pipeline id>``: the image (or index) every later tag copies."""
+    return f"p-{_pipeline(ci)}"
+
+
+def arch_tag(ci: CIContext, arch: str) -> str:
+    """``p-<pipeline id>-<arch>``: one architecture's image, input of ``manifest``."""
+    return f"{source_tag(ci)}-{normalize_arch(arch)}"
+
+
+def mr_tag(iid: str | None) -> str:
+    """``mr-<iid>`` for a merge request (CI_MERGE_REQUEST_IID)."""
+    if not iid:
+        raise InputError(
+            "no merge request: CI_MERGE_REQUEST_IID is not set",
+            hint="run deploy-mr / stop-mr in a merge-request pipeline, or set "
+                 "CI_MERGE_REQUEST_IID=<iid> (or pass --mr <iid>)",
+        )
+    if not _IID.match(iid):
+        raise InputError(f"invalid merge request iid {iid!r}", hint="expected a number, e.g. 7")
+    return f"mr-{iid}"
+
+
+def git_tag_as_image_tag(tag: str) -> str:
+    """A git tag usable as an image tag, or :class:`InputError` saying why not."""
+    if not TAG_RE.match(tag):
+        raise InputError(
+            f"git tag {tag!r} is not a valid image tag",
+            hint="image tags are 1-128 characters of letters, digits, '_', '.' and '-', not "
+                 "starting with '.' or '-' (no '/', '+' or spaces); rename the git tag",
+        )
+    if _RESERVED.match(tag):
+        raise InputError(
+            f"git tag {tag!r} collides with a tag kiln manages (production, latest, p-<id>, "
+            "g-<id>, mr-<iid>)",
+            hint="rename the git tag (for example v1.2.3)",
+        )
+    return tag
+
+
+def tags_for(ci: CIContext) -> tuple[str, ...]:
+    """The tags ``tag`` writes for this pipeline, in a stable order; empty if it failed."""
+    if not ci.pipeline_succeeded:
+        return ()
+    tags = [f"g-{_pipeline(ci)}"]
+    if ci.is_default_branch:
+        tags.append(LATEST)
+    if ci.commit_tag:
+        tags.append(git_tag_as_image_tag(ci.commit_tag))
+    if ci.merge_request_iid:
+        tags.append(mr_tag(ci.merge_request_iid))
+    return tuple(tags)

@@ -1,0 +1,155 @@
+"""Registry-side tasks: manifest, tag, deploy-production, deploy-mr, stop-mr,
+deploy-production-tag. Thin: settings in, :mod:`kiln.promote` / :mod:`kiln.gitops` do the work."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from invoke.tasks import task
+
+from kiln import console, gitops, promote
+from kiln.errors import ConfigError, InputError
+from kiln.promote import Op, Registry, Result
+from kiln.registry.client import RegistryClient
+from kiln.settings import Settings
+from kiln.tag_policy import PRODUCTION, mr_tag, source_tag, tags_for
+from kiln.tasks.common import reports_errors, settings_for
+
+_FLAGS = {
+    "image": "image name (builds/<name>.in); default IMAGE_NAME",
+    "registry": "registry prefix of the source image, e.g. 127.0.0.1:5000 or "
+                "registry.gitlab.com/group/project; default CI_REGISTRY_IMAGE / KILN_REGISTRY, "
+                "else the embedded local registry",
+    "dry_run": "print every registry operation (method, repository, reference); write nothing",
+}
+
+
+def _registry(settings: Settings) -> str:
+    """The source registry prefix; the embedded local registry when none is configured."""
+    if settings.registry:
+        return settings.registry
+    if settings.ci.in_ci:
+        raise ConfigError("no registry configured in CI",
+                          hint="set CI_REGISTRY_IMAGE (GitLab does) or KILN_REGISTRY")
+    from kiln.local_registry import local_registry_status, start_local_registry
+
+    state = local_registry_status(settings.state_dir)
+    if state is None:
+        if settings.dry_run:
+            raise ConfigError("the embedded local registry is not running (dry run: not starting it)",
+                              hint="run 'invoke registry-start' or a build first")
+        state = start_local_registry(settings.state_dir)
+    return state.address
+
+
+def _image(settings: Settings) -> str:
+    if not settings.image:
+        raise InputError("no image given", hint="pass --image NAME or set IMAGE_NAME")
+    return settings.image
+
+
+def _log(settings: Settings) -> Any:
+    def log(op: Op) -> None:
+        if settings.dry_run:
+            console.out(str(op))
+        else:
+            console.info(f"  {op}")
+    return log
+
+
+def _factory(settings: Settings) -> promote.ClientFactory:
+    return lambda host: RegistryClient.from_settings(host, settings)
+
+
+def _report(settings: Settings, what: str, results: Sequence[Result]) -> None:
+    if settings.json_output:
+        console.out(json.dumps({"task": what, "dry_run": settings.dry_run,
+                                "results": [r.as_dict() for r in results]}, indent=2))
+        return
+    for r in results:
+        digest = f" -> {r.digest}" if r.digest else ""
+        console.step(f"{what}: {r.destination}:{r.tag}{digest} ({r.status})")
+
+
+def _promote(settings: Settings, what: str, tags: Sequence[str]) -> None:
+    image = _image(settings)
+    registry = _registry(settings)
+    if not tags:
+        console.step(f"{what}: nothing to tag for this pipeline")
+        return
+    results = promote.promote(settings, image, registry, tags,
+                              source_ref=source_tag(settings.ci),
+                              client_factory=_factory(settings), log=_log(settings))
+    _report(settings, what, results)
+
+
+@task(help=_FLAGS | {"arches": "architectures (default IMAGE_ARCHES)"})
+@reports_errors
+def manifest(c: Any, image: str | None = None, registry: str | None = None,
+             dry_run: bool = False, arches: str | None = None) -> None:
+    """Assemble the multi-arch index p-<id> from p-<id>-<arch> (no layer moves)."""
+    settings = settings_for(image=image, registry=registry, dry_run=dry_run or None,
+                            arches=arches)
+    name = _image(settings)
+    dest = promote.Destination.from_prefix(_registry(settings), name)
+    promote.check_private(settings, name, dest)
+    with RegistryClient.from_settings(dest.host, settings) as client:
+        reg = Registry(client, dest.repository, dry_run=settings.dry_run, log=_log(settings))
+        result = promote.assemble_index(reg, settings.ci, settings.arches)
+    _report(settings, "manifest", [result])
+
+
+@task(help=_FLAGS)
+@reports_errors
+def tag(c: Any, image: str | None = None, registry: str | None = None,
+        dry_run: bool = False) -> None:
+    """Tag p-<id> for this pipeline: g-<id>, latest, <git tag>, mr-<iid> (REFERENCE §4)."""
+    settings = settings_for(image=image, registry=registry, dry_run=dry_run or None)
+    _promote(settings, "tag", tags_for(settings.ci))
+
+
+@task(help=_FLAGS)
+@reports_errors
+def deploy_production(c: Any, image: str | None = None, registry: str | None = None,
+                      dry_run: bool = False) -> None:
+    """Point the 'production' tag at p-<id>."""
+    settings = settings_for(image=image, registry=registry, dry_run=dry_run or None)
+    _promote(settings, "deploy-production", (PRODUCTION,))
+
+
+@task(help=_FLAGS | {"mr": "merge request iid (default CI_MERGE_REQUEST_IID)"})
+@reports_errors
+def deploy_mr(c: Any, image: str | None = None, registry: str | None = None,
+              dry_run: bool = False, mr: str | None = None) -> None:
+    """Point the 'mr-<iid>' tag at p-<id> (the merge request's environment)."""
+    settings = settings_for(image=image, registry=registry, dry_run=dry_run or None)
+    _promote(settings, "deploy-mr", (mr_tag(mr or settings.ci.merge_request_iid),))
+
+
+@task(help=_FLAGS | {"mr": "merge request iid (default CI_MERGE_REQUEST_IID)"})
+@reports_errors
+def stop_mr(c: Any, image: str | None = None, registry: str | None = None,
+            dry_run: bool = False, mr: str | None = None) -> None:
+    """Remove the 'mr-<iid>' tag and nothing else (sibling tags on the digest stay)."""
+    settings = settings_for(image=image, registry=registry, dry_run=dry_run or None)
+    target = mr_tag(mr or settings.ci.merge_request_iid)
+    results = promote.unpromote(settings, _image(settings), _registry(settings), target,
+                                client_factory=_factory(settings), log=_log(settings))
+    _report(settings, "stop-mr", results)
+
+
+@task(help={"remote": "git remote to push to (default origin)",
+            "dry_run": "print the git commands; change nothing"})
+@reports_errors
+def deploy_production_tag(c: Any, remote: str = "origin", dry_run: bool = False) -> None:
+    """Force-move the git tag 'production' to HEAD and push it (GITLAB_JOB_DEPLOY_PRODUCTION_ACCESS_TOKEN)."""
+    settings = settings_for(dry_run=dry_run or None)
+    sha = gitops.deploy_production_tag(settings.project_dir, remote=remote,
+                                       dry_run=settings.dry_run)
+    console.step(f"deploy-production-tag: production -> {sha}"
+                 + (" (dry run)" if settings.dry_run else ""))
+
+
+TASKS = (manifest, tag, deploy_production, deploy_mr, stop_mr, deploy_production_tag)

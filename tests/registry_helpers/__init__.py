@@ -1,0 +1,2 @@
+"""Helpers for the registry tests: real images pushed with skopeo, TLS/token registries, a
+fault-injecting proxy."""

@@ -1,0 +1,109 @@
+"""The tag table of REFERENCE §4 as a pure function: every combination of pipeline state."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from kiln.ci_context import CIContext
+from kiln.errors import InputError
+from kiln.tag_policy import (
+    arch_tag,
+    git_tag_as_image_tag,
+    mr_tag,
+    source_tag,
+    tags_for,
+)
+
+pytestmark = pytest.mark.usefixtures("no_subprocess")
+
+PIPELINES = ["123", "local"]
+SUCCEEDED = [True, False]
+BRANCHES = [None, "main", "feature/x"]  # default branch is "main"
+GIT_TAGS = [None, "v1.2.3", "release_2024.01"]
+MRS = [None, "7"]
+
+
+def _ci(pipeline: str, ok: bool, branch: str | None, git_tag: str | None,
+        mr: str | None) -> CIContext:
+    return CIContext(in_ci=pipeline != "local", pipeline_id=pipeline, pipeline_succeeded=ok,
+                     commit_branch=branch, default_branch="main", commit_tag=git_tag,
+                     merge_request_iid=mr)
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "ok", "branch", "git_tag", "mr"),
+    list(itertools.product(PIPELINES, SUCCEEDED, BRANCHES, GIT_TAGS, MRS)),
+)
+def test_every_combination(pipeline: str, ok: bool, branch: str | None, git_tag: str | None,
+                           mr: str | None) -> None:
+    tags = tags_for(_ci(pipeline, ok, branch, git_tag, mr))
+    if not ok:
+        assert tags == ()  # a failed pipeline gets no g-/latest/tag/mr- tag (p- stays)
+        return
+    # Each row of the table, checked independently.
+    assert tags[0] == f"g-{pipeline}"
+    assert ("latest" in tags) == (branch == "main")
+    assert (git_tag in tags) == (git_tag is not None)
+    assert (f"mr-{mr}" in tags) == (mr is not None)
+    assert "production" not in tags  # only deploy-production writes it
+    assert len(tags) == len(set(tags)) == 1 + (branch == "main") + (git_tag is not None) + (
+        mr is not None)
+    assert not any(t.startswith("p-") for t in tags)
+
+
+def test_examples() -> None:
+    assert tags_for(_ci("100", True, "main", None, None)) == ("g-100", "latest")
+    assert tags_for(_ci("101", True, None, "v2.0", None)) == ("g-101", "v2.0")
+    assert tags_for(_ci("102", True, None, None, "7")) == ("g-102", "mr-7")
+    assert tags_for(_ci("103", True, "feature", None, None)) == ("g-103",)
+
+
+def test_default_branch_unknown_means_no_latest() -> None:
+    ci = CIContext(pipeline_id="5", commit_branch="main", default_branch=None)
+    assert tags_for(ci) == ("g-5",)
+
+
+@pytest.mark.parametrize("bad", ["feature/x", "v1.0+build", ".hidden", "-dash", "a b",
+                                 "x" * 129, "ümlaut", ""])
+def test_invalid_git_tag_is_a_clear_error(bad: str) -> None:
+    if bad == "":
+        # An empty CI_COMMIT_TAG means "not a tag pipeline".
+        assert tags_for(_ci("1", True, None, bad or None, None)) == ("g-1",)
+        return
+    with pytest.raises(InputError) as info:
+        tags_for(_ci("1", True, None, bad, None))
+    assert repr(bad) in str(info.value)
+    assert "rename the git tag" in str(info.value)
+
+
+@pytest.mark.parametrize("reserved", ["production", "latest", "p-123", "g-5", "mr-7",
+                                      "p-123-arm64"])
+def test_git_tag_colliding_with_kiln_tags_is_refused(reserved: str) -> None:
+    with pytest.raises(InputError, match="collides"):
+        git_tag_as_image_tag(reserved)
+
+
+@pytest.mark.parametrize("good", ["v1", "1.0.0", "release-2024_01", "A" * 128, "_x"])
+def test_valid_git_tags(good: str) -> None:
+    assert git_tag_as_image_tag(good) == good
+
+
+def test_source_and_arch_tags() -> None:
+    ci = CIContext(pipeline_id="42")
+    assert source_tag(ci) == "p-42"
+    assert arch_tag(ci, "aarch64") == "p-42-arm64"
+    assert source_tag(CIContext()) == "p-local"
+    with pytest.raises(InputError):
+        arch_tag(ci, "mips")
+    with pytest.raises(InputError, match="pipeline id"):
+        source_tag(CIContext(pipeline_id="1/2"))
+
+
+def test_mr_tag() -> None:
+    assert mr_tag("7") == "mr-7"
+    with pytest.raises(InputError, match="CI_MERGE_REQUEST_IID"):
+        mr_tag(None)
+    with pytest.raises(InputError, match="invalid merge request"):
+        mr_tag("7; rm -rf /")
