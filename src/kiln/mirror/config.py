@@ -1,0 +1,450 @@
+"""``mirrors.yml``: which upstream images to mirror, and where to.
+
+Schema (every key except ``images`` is optional; unknown keys are errors, reported with
+``file:line:column`` like every other mistake in the file)::
+
+    # Default destination prefix. Each source lands at <prefix>/<source repository>:<tag>, so
+    # docker.io/library/debian:bookworm -> ${REGISTRY}/mirror/library/debian:bookworm, which is
+    # what build files reach as ${UPSTREAM_REGISTRY}/library/debian:bookworm.
+    destination: ${REGISTRY}/mirror          # default: ${REGISTRY}/mirror
+    # Registries that build files and CI YAML may use directly (reference lint). Docker Hub can
+    # never be approved: its pulls are rate limited, which is why we mirror.
+    approved-registries: [quay.io, registry.gitlab.com]
+    jobs: 4                # images copied in parallel (``--jobs`` overrides), 1..32
+    retries: 3             # skopeo --retry-times for a copy (skopeo backs off between tries)
+    ratelimit:
+      floor: 10            # never start a copy that would take ratelimit-remaining below this
+      max-wait: 0          # seconds to wait (re-checking with free HEADs) before giving up
+      poll-interval: 60    # seconds between those re-checks
+    images:
+      - postgres:alpine                              # shorthand for {source: ...}
+      - source: docker.io/library/debian:bookworm@sha256:<64 hex>   # pinned digest
+      - source: library/busybox:latest
+        destination: registry.example.com/x/busybox:stable            # explicit destination
+
+Sources follow Docker's reference rules (``postgres:alpine`` is
+``docker.io/library/postgres:alpine``; no tag means ``latest``); a pinned source also needs its
+tag, which is what the destination gets tagged with. ``${NAME}`` and ``${NAME:-default}`` expand
+from the given variables: ``REGISTRY`` (kiln's destination registry setting) and the
+environment (``CI_REGISTRY_IMAGE``, ...).
+
+Parsing is pure (text in, :class:`MirrorConfig` out); positions come from PyYAML's node marks
+(``yaml.compose``), so a mistake is reported where it is, not just what it is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from kiln.errors import ConfigError, InputError
+from kiln.registry.reference import (
+    DOCKER_HUB,
+    ImageRef,
+    parse_reference,
+    split_repository,
+    validate_repository,
+)
+
+DEFAULT_CONFIG = "mirrors.yml"
+DEFAULT_DESTINATION = "${REGISTRY}/mirror"
+DOCKER_HUB_HOSTS = frozenset({DOCKER_HUB, "index.docker.io", "registry-1.docker.io"})
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_TOP_KEYS = ("destination", "approved-registries", "jobs", "retries", "ratelimit", "images")
+_IMAGE_KEYS = ("source", "destination")
+_RATELIMIT_KEYS = ("floor", "max-wait", "poll-interval")
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where something is in the config file (1-based line and column)."""
+
+    path: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class RateLimitPolicy:
+    """How close to the source's pull limit kiln may go, and how long it may wait."""
+
+    floor: int = 10
+    max_wait: float = 0.0
+    poll_interval: float = 60.0
+
+
+@dataclass(frozen=True)
+class MirrorImage:
+    """One upstream image and where it goes."""
+
+    source: ImageRef  # always has a tag; ``digest`` set when pinned
+    destination: ImageRef | None  # None when a variable in it is unset (lint mode)
+    position: Position
+    source_text: str
+    destination_text: str  # as written (or derived from the default prefix), unexpanded
+    explicit_destination: bool
+
+    @property
+    def tag(self) -> str:
+        assert self.source.tag is not None
+        return self.source.tag
+
+    @property
+    def pinned(self) -> bool:
+        return self.source.digest is not None
+
+    @property
+    def label(self) -> str:
+        """Short name for progress lines and summaries."""
+        return str(self.source)
+
+
+@dataclass(frozen=True)
+class MirrorConfig:
+    path: str
+    images: tuple[MirrorImage, ...]
+    destination_prefix: str  # unexpanded template
+    approved_registries: tuple[str, ...] = ()
+    jobs: int = 4
+    retries: int = 3
+    ratelimit: RateLimitPolicy = RateLimitPolicy()
+
+    def mirrored(self, ref: ImageRef) -> MirrorImage | None:
+        """The config entry that mirrors ``ref`` (same repository and tag), if any."""
+        ref = normalize(ref)
+        tag = ref.tag or (None if ref.digest else "latest")
+        for image in self.images:
+            if image.source.host != ref.host or image.source.repository != ref.repository:
+                continue
+            if tag is not None and image.tag == tag:
+                return image
+            if tag is None and ref.digest == image.source.digest:
+                return image
+        return None
+
+
+def normalize(ref: ImageRef) -> ImageRef:
+    """Docker's normalisation that ``parse_reference`` leaves to callers for explicit hosts:
+    ``index.docker.io/alpine`` and ``docker.io/alpine`` are ``docker.io/library/alpine``."""
+    if ref.host in DOCKER_HUB_HOSTS:
+        repository = ref.repository if "/" in ref.repository else f"library/{ref.repository}"
+        return ImageRef(DOCKER_HUB, repository, ref.tag, ref.digest)
+    return ref
+
+
+class _Errors:
+    """Collects every mistake so the user fixes the file in one go."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.found: list[tuple[int, int, str]] = []
+
+    def at(self, node: yaml.Node, message: str) -> None:
+        pos = self.pos(node)
+        self.found.append((pos.line, pos.column, f"{pos}: {message}"))
+
+    @property
+    def items(self) -> list[str]:
+        return [text for _, _, text in sorted(self.found)]
+
+    def pos(self, node: yaml.Node) -> Position:
+        mark = node.start_mark
+        return Position(self.path, mark.line + 1, mark.column + 1)
+
+
+def expand(text: str, variables: Mapping[str, str]) -> tuple[str, list[str]]:
+    """``text`` with ``${NAME}``/``${NAME:-default}`` expanded; also the names left unset."""
+    missing: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match[1], match[2]
+        value = variables.get(name)
+        if value:
+            return value
+        if default is not None:
+            return default
+        missing.append(name)
+        return match[0]
+
+    return _VAR.sub(replace, text), missing
+
+
+def parse_config(text: str, path: str | Path, variables: Mapping[str, str], *,
+                 require_destination: bool = True) -> MirrorConfig:
+    """Validate a mirrors file. ``require_destination=False`` (the lint) tolerates unset
+    variables in destinations; the mirror itself needs them."""
+    where = str(path)
+    errors = _Errors(where)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        loc = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
+        raise ConfigError(f"{loc}: not valid YAML: {exc.problem or exc}") from None
+    if root is None:
+        raise ConfigError(f"{where}: empty mirror configuration",
+                          hint="list the upstream images under 'images:'")
+    if not isinstance(root, yaml.MappingNode):
+        errors.at(root, "the top level must be a mapping with an 'images:' list")
+        _raise(errors)
+    assert isinstance(root, yaml.MappingNode)
+    top = _mapping(root, _TOP_KEYS, errors, "top level")
+
+    prefix = DEFAULT_DESTINATION
+    if "destination" in top:
+        prefix = _string(top["destination"], errors, "destination") or DEFAULT_DESTINATION
+    approved: list[str] = []
+    if "approved-registries" in top:
+        node = top["approved-registries"]
+        if not isinstance(node, yaml.SequenceNode):
+            errors.at(node, "approved-registries must be a list of registry hosts")
+        else:
+            for item in node.value:
+                host = _string(item, errors, "approved registry")
+                if host is None:
+                    continue
+                host = host.strip().rstrip("/")
+                if host in DOCKER_HUB_HOSTS:
+                    errors.at(item, f"{host} cannot be approved: Docker Hub's pulls are rate "
+                              "limited, which is what the mirror is for")
+                elif not re.match(r"^[A-Za-z0-9.\-\[\]:]+(/[a-z0-9._/-]+)?$", host):
+                    errors.at(item, f"invalid registry host {host!r}")
+                else:
+                    approved.append(host)
+    jobs = _int(top.get("jobs"), errors, "jobs", 1, 32, 4)
+    retries = _int(top.get("retries"), errors, "retries", 0, 10, 3)
+    policy = RateLimitPolicy()
+    if "ratelimit" in top:
+        node = top["ratelimit"]
+        if not isinstance(node, yaml.MappingNode):
+            errors.at(node, "ratelimit must be a mapping (floor, max-wait, poll-interval)")
+        else:
+            rl = _mapping(node, _RATELIMIT_KEYS, errors, "ratelimit")
+            policy = RateLimitPolicy(
+                floor=_int(rl.get("floor"), errors, "ratelimit.floor", 0, 100000, 10),
+                max_wait=_number(rl.get("max-wait"), errors, "ratelimit.max-wait", 0.0, 0.0),
+                poll_interval=_number(rl.get("poll-interval"), errors,
+                                      "ratelimit.poll-interval", 0.001, 60.0),
+            )
+
+    prefix_ref: tuple[str, str] | None = None
+    prefix_missing: list[str] = []
+    expanded_prefix, prefix_missing = expand(prefix, variables)
+    prefix_node = top.get("destination", root)
+    if not prefix_missing:
+        try:
+            host, base = split_repository(expanded_prefix)
+            if base:
+                validate_repository(base)
+            prefix_ref = (host, base)
+        except InputError as exc:
+            errors.at(prefix_node, f"invalid destination prefix {expanded_prefix!r}: {exc.message}")
+
+    images: list[MirrorImage] = []
+    if "images" not in top:
+        errors.at(root, "missing 'images:' (the list of upstream images to mirror)")
+    elif not isinstance(top["images"], yaml.SequenceNode) or not top["images"].value:
+        errors.at(top["images"], "images must be a non-empty list")
+    else:
+        seen: dict[str, Position] = {}
+        for item in top["images"].value:
+            image = _image(item, errors, variables, prefix, prefix_ref, prefix_missing,
+                           require_destination)
+            if image is None:
+                continue
+            if image.destination is not None:
+                key = f"{image.destination.name}:{image.destination.tag}"
+                if key in seen:
+                    errors.at(item, f"destination {key} is also the destination of the entry at "
+                              f"line {seen[key].line}")
+                    continue
+                seen[key] = image.position
+            images.append(image)
+    _raise(errors)
+    return MirrorConfig(where, tuple(images), prefix, tuple(approved), jobs, retries, policy)
+
+
+def _image(node: yaml.Node, errors: _Errors, variables: Mapping[str, str], prefix: str,
+           prefix_ref: tuple[str, str] | None, prefix_missing: list[str],
+           require_destination: bool) -> MirrorImage | None:
+    fields: dict[str, yaml.Node]
+    if isinstance(node, yaml.ScalarNode):
+        fields = {"source": node}
+    elif isinstance(node, yaml.MappingNode):
+        fields = _mapping(node, _IMAGE_KEYS, errors, "image entry")
+        if "source" not in fields:
+            errors.at(node, "image entry without 'source:'")
+            return None
+    else:
+        errors.at(node, "an image entry is a reference string or a mapping with 'source:'")
+        return None
+    raw = _string(fields["source"], errors, "source")
+    if raw is None:
+        return None
+    text, missing = expand(raw, variables)
+    if missing:
+        errors.at(fields["source"], f"source uses unset variable(s) {', '.join(missing)}")
+        return None
+    try:
+        source = parse_reference(text)
+    except InputError as exc:
+        errors.at(fields["source"], f"invalid source: {exc.message}")
+        return None
+    if source.tag is None:
+        if source.digest is not None:
+            errors.at(fields["source"], f"pinned source {text!r} needs its tag too "
+                      "(name:tag@sha256:...): the tag is what the mirror is tagged with")
+            return None
+        source = ImageRef(source.host, source.repository, "latest", None)
+    source = normalize(source)
+
+    position = errors.pos(node)
+    if "destination" in fields:
+        dest_raw = _string(fields["destination"], errors, "destination")
+        if dest_raw is None:
+            return None
+        dest_text, dest_missing = expand(dest_raw, variables)
+        if dest_missing:
+            if require_destination:
+                errors.at(fields["destination"], _unset_message(dest_missing))
+                return None
+            return MirrorImage(source, None, position, text, dest_raw, True)
+        try:
+            dest = parse_reference(dest_text)
+        except InputError as exc:
+            errors.at(fields["destination"], f"invalid destination: {exc.message}")
+            return None
+        if not dest_text.strip().startswith(dest.host + "/"):
+            errors.at(fields["destination"], f"destination {dest_text!r} must start with its "
+                      "registry host (registry.example.com/path/name[:tag])")
+            return None
+        if dest.digest is not None:
+            errors.at(fields["destination"], "a destination cannot have a digest: the copy keeps "
+                      "the source's digest and tags it")
+            return None
+        destination = ImageRef(dest.host, dest.repository, dest.tag or source.tag, None)
+        return MirrorImage(source, destination, position, text, dest_raw, True)
+
+    derived = f"{prefix.rstrip('/')}/{source.repository}:{source.tag}"
+    if prefix_missing:
+        if require_destination:
+            errors.at(node, _unset_message(prefix_missing) + f" (the destination prefix {prefix!r}"
+                      " applies to this image)")
+            return None
+        return MirrorImage(source, None, position, text, derived, False)
+    if prefix_ref is None:
+        return None  # the prefix error is reported already
+    host, base = prefix_ref
+    repository = f"{base}/{source.repository}" if base else source.repository
+    return MirrorImage(source, ImageRef(host, repository, source.tag, None), position, text,
+                       derived, False)
+
+
+def _unset_message(names: list[str]) -> str:
+    hint = ""
+    if "REGISTRY" in names:
+        hint = (": set KILN_REGISTRY (CI_REGISTRY_IMAGE in GitLab CI) or start kiln's local "
+                "registry")
+    return f"destination uses unset variable(s) {', '.join('${' + n + '}' for n in names)}{hint}"
+
+
+def _mapping(node: yaml.MappingNode, allowed: tuple[str, ...], errors: _Errors,
+             what: str) -> dict[str, yaml.Node]:
+    result: dict[str, yaml.Node] = {}
+    for key_node, value_node in node.value:
+        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+        if not isinstance(key, str) or key not in allowed:
+            suggestion = _closest(str(key), allowed)
+            errors.at(key_node, f"unknown key {key!r} in {what}"
+                      + (f" (did you mean {suggestion!r}?)" if suggestion else "")
+                      + f"; allowed: {', '.join(allowed)}")
+            continue
+        if key in result:
+            errors.at(key_node, f"duplicate key {key!r} in {what}")
+            continue
+        result[key] = value_node
+    return result
+
+
+def _closest(key: str, allowed: tuple[str, ...]) -> str | None:
+    import difflib
+
+    matches = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _string(node: yaml.Node, errors: _Errors, what: str) -> str | None:
+    if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:str" \
+            or not node.value.strip():
+        errors.at(node, f"{what} must be a non-empty string")
+        return None
+    return str(node.value).strip()
+
+
+def _int(node: yaml.Node | None, errors: _Errors, what: str, low: int, high: int,
+         default: int) -> int:
+    if node is None:
+        return default
+    if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:int":
+        errors.at(node, f"{what} must be a whole number")
+        return default
+    value = int(node.value.replace("_", ""), 0)
+    if not low <= value <= high:
+        errors.at(node, f"{what} must be between {low} and {high}, not {value}")
+        return default
+    return value
+
+
+def _number(node: yaml.Node | None, errors: _Errors, what: str, low: float,
+            default: float) -> float:
+    if node is None:
+        return default
+    if not isinstance(node, yaml.ScalarNode) or node.tag not in {
+            "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}:
+        errors.at(node, f"{what} must be a number of seconds")
+        return default
+    value = float(node.value.replace("_", ""))
+    if value < low:
+        errors.at(node, f"{what} must be at least {low:g}, not {value:g}")
+        return default
+    return value
+
+
+def _raise(errors: _Errors) -> None:
+    if errors.items:
+        count = len(errors.items)
+        head = errors.items[0] if count == 1 else (
+            f"{errors.path}: {count} problems in the mirror configuration:\n  "
+            + "\n  ".join(errors.items))
+        raise ConfigError(head, hint="see the schema in the kiln README (Mirroring)")
+
+
+def config_path(project_dir: Path, configured: Path | None, override: str | Path | None = None
+                ) -> Path:
+    """Which mirrors file to read: the task flag (relative to the working directory, as on any
+    command line), else the setting (relative to the project), else ``mirrors.yml``."""
+    if override is not None:
+        return Path(override).expanduser().absolute()
+    return configured or project_dir / DEFAULT_CONFIG
+
+
+def load_config(path: Path, variables: Mapping[str, str], *,
+                require_destination: bool = True) -> MirrorConfig:
+    """Read and validate a mirrors file; a missing file is a :class:`ConfigError`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"mirror configuration {path} not found",
+                          hint="create it (see the README's Mirroring section) or pass --config "
+                               "/ set KILN_MIRROR_CONFIG") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read mirror configuration {path}: {exc}") from None
+    return parse_config(text, path, variables, require_destination=require_destination)

@@ -1,0 +1,464 @@
+"""Running a mirror: probe with HEADs, plan, copy in parallel, report every image.
+
+For each image (``jobs`` at a time): HEAD the source tag (and the pinned digest when the tag has
+moved away from it), HEAD the destination tag, plan (:mod:`kiln.mirror.plan`). Equal digests are
+skipped without a single GET. A copy first reserves its pulls with the rate-limit gate, then runs
+skopeo on the source *digest* and checks the digest skopeo wrote. One image's failure never stops
+the others; the summary lists every outcome, and the run raises :class:`MirrorFailed` (with the
+failures' exit-code category) when anything failed. A dry run stops after planning: HEADs only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Protocol
+
+from kiln import console
+from kiln.errors import ConfigError, InputError, KilnError
+from kiln.mirror.config import MirrorConfig, MirrorImage, config_path, load_config
+from kiln.mirror.plan import Action, Plan, Probe, ProbeError, plan_image
+from kiln.mirror.ratelimit import RateLimitGate, RateLimitStop
+from kiln.mirror.skopeo import CopyRateLimited, copier_for
+from kiln.registry.client import ManifestInfo, RateLimit, RegistryClient
+from kiln.registry.reference import ImageRef
+from kiln.settings import Settings
+
+
+class MirrorFailed(KilnError):
+    """At least one image could not be mirrored (the summary lists which and why)."""
+
+    def __init__(self, message: str, *, exit_code: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = exit_code
+
+
+class HeadFn(Protocol):
+    def __call__(self, ref: ImageRef, reference: str) -> Probe: ...
+
+
+class Copier(Protocol):
+    def copy(self, source: ImageRef, destination: ImageRef) -> str: ...
+
+
+# Outcome statuses
+COPIED, SKIPPED, FAILED, WOULD_COPY, WOULD_SKIP = "copied", "skipped", "failed", "would copy", \
+    "would skip"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one image."""
+
+    image: MirrorImage
+    status: str
+    message: str
+    plan: Plan | None = None
+    warnings: tuple[str, ...] = ()
+    exit_code: int = 0
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return self.status == FAILED
+
+
+@dataclass
+class MirrorReport:
+    outcomes: list[Outcome]
+    dry_run: bool
+    ratelimits: dict[str, tuple[int | None, int | None, int | None]] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.failed]
+
+    def counts(self) -> dict[str, int]:
+        result: dict[str, int] = {}
+        for outcome in self.outcomes:
+            result[outcome.status] = result.get(outcome.status, 0) + 1
+        return result
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "dry_run": self.dry_run,
+            "images": [
+                {
+                    "source": str(o.image.source),
+                    "destination": str(o.image.destination),
+                    "status": o.status,
+                    "message": o.message,
+                    "action": o.plan.action.value if o.plan else None,
+                    "digest": o.plan.digest if o.plan else None,
+                    "warnings": list(o.warnings),
+                }
+                for o in self.outcomes
+            ],
+            "ratelimits": {
+                host: {"remaining": r, "limit": lim, "window": w}
+                for host, (r, lim, w) in self.ratelimits.items()
+            },
+        }
+
+
+# -- selection ---------------------------------------------------------------------------------
+
+def _names(image: MirrorImage) -> set[str]:
+    src = image.source
+    names = {image.source_text, str(src), f"{src.name}:{src.tag}", f"{src.repository}:{src.tag}",
+             src.repository, src.repository.rsplit("/", 1)[-1],
+             f"{src.repository.rsplit('/', 1)[-1]}:{src.tag}"}
+    if image.destination is not None:
+        dst = image.destination
+        names |= {str(dst), dst.name, dst.repository, f"{dst.repository}:{dst.tag}"}
+    return names
+
+
+def select(images: Sequence[MirrorImage], patterns: Iterable[str]) -> list[MirrorImage]:
+    """The images whose source or destination name matches any ``fnmatch`` pattern (all when no
+    pattern). ``postgres*`` matches ``docker.io/library/postgres:alpine`` through its short name."""
+    wanted = [p for p in patterns if p]
+    if not wanted:
+        return list(images)
+    chosen = [image for image in images
+              if any(fnmatchcase(name, pattern) for pattern in wanted for name in _names(image))]
+    if not chosen:
+        raise InputError(
+            f"--only {' '.join(wanted)} matches no image of the mirror configuration",
+            hint="configured sources: " + ", ".join(str(i.source) for i in images),
+        )
+    return chosen
+
+
+# -- progress ----------------------------------------------------------------------------------
+
+class Progress:
+    """Live progress on an interactive terminal (rich), plain lines in CI and logs."""
+
+    def __init__(self, total: int, *, live: bool | None = None) -> None:
+        self.total = total
+        self.done = 0
+        self._lock = threading.Lock()
+        if live is None:
+            live = console.stderr.is_terminal and not console.in_ci()
+        self.live = live
+        self._rich: object | None = None
+        self._tasks: dict[str, object] = {}
+
+    @contextmanager
+    def running(self) -> Iterator[Progress]:
+        if not self.live:
+            yield self
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
+        with RichProgress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                          MofNCompleteColumn(), TimeElapsedColumn(), console=console.stderr,
+                          transient=True) as rich_progress:
+            self._rich = rich_progress
+            self._overall = rich_progress.add_task("mirror", total=self.total)
+            try:
+                yield self
+            finally:
+                self._rich = None
+
+    def phase(self, image: MirrorImage, text: str) -> None:
+        line = console.mask(f"{image.label}: {text}")
+        with self._lock:
+            rich_progress = self._rich
+            if rich_progress is None:
+                console.info(f"kiln: [{self.done}/{self.total}] {line}")
+                return
+            key = image.label
+            if key in self._tasks:
+                rich_progress.update(self._tasks[key], description=line)  # type: ignore[attr-defined]
+            else:
+                self._tasks[key] = rich_progress.add_task(line, total=None)  # type: ignore[attr-defined]
+
+    def note(self, text: str) -> None:
+        with self._lock:
+            if self._rich is None:
+                console.info(f"kiln: {console.mask(text)}")
+            else:
+                self._rich.console.print(console.mask(text), markup=False)  # type: ignore[attr-defined]
+
+    def finished(self, outcome: Outcome) -> None:
+        with self._lock:
+            self.done += 1
+            line = console.mask(f"[{self.done}/{self.total}] {outcome.image.label}: "
+                                f"{outcome.status} ({_first_line(outcome.message)})")
+            rich_progress = self._rich
+            if rich_progress is None:
+                console.info(f"kiln: {line}")
+                return
+            task = self._tasks.pop(outcome.image.label, None)
+            if task is not None:
+                rich_progress.remove_task(task)  # type: ignore[attr-defined]
+            rich_progress.update(self._overall, advance=1)  # type: ignore[attr-defined]
+            rich_progress.console.print(line, markup=False)  # type: ignore[attr-defined]
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0] if text else ""
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+def run_mirror(
+    images: Sequence[MirrorImage],
+    *,
+    head: HeadFn,
+    copier: Copier | None,
+    gate: RateLimitGate,
+    jobs: int,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> MirrorReport:
+    """Mirror ``images`` (or only plan them when ``dry_run``); never raises for one image."""
+    progress = progress or Progress(len(images), live=False)
+    if not dry_run and copier is None:
+        raise ValueError("a copier is needed unless dry_run")
+
+    def probe(ref: ImageRef, reference: str) -> Probe:
+        result = head(ref, reference)
+        if isinstance(result, ManifestInfo):
+            gate.observe(ref.host, result.ratelimit)
+        return result
+
+    def one(image: MirrorImage) -> Outcome:
+        started = time.monotonic()
+        try:
+            outcome = _mirror_one(image, probe, copier, gate, dry_run, progress)
+        except KilnError as exc:  # anything unexpected from the adapters: this image only
+            outcome = Outcome(image, FAILED, str(exc), exit_code=exc.exit_code)
+        except Exception as exc:  # noqa: BLE001 - one image's bug must not stop the others
+            outcome = Outcome(image, FAILED, f"unexpected error: {type(exc).__name__}: {exc}",
+                              exit_code=1)
+        outcome = Outcome(outcome.image, outcome.status, outcome.message, outcome.plan,
+                          outcome.warnings, outcome.exit_code, time.monotonic() - started)
+        progress.finished(outcome)
+        return outcome
+
+    with progress.running(), ThreadPoolExecutor(max_workers=max(1, jobs),
+                                                thread_name_prefix="mirror") as pool:
+        outcomes = list(pool.map(one, images))
+    hosts = {image.source.host for image in images}
+    return MirrorReport(outcomes, dry_run, {h: gate.snapshot(h) for h in sorted(hosts)})
+
+
+def _mirror_one(image: MirrorImage, probe: Callable[[ImageRef, str], Probe],
+                copier: Copier | None, gate: RateLimitGate, dry_run: bool,
+                progress: Progress) -> Outcome:
+    src, dst = image.source, image.destination
+    assert dst is not None, "destination must be resolved before running"
+    progress.phase(image, "checking (HEAD)")
+    source_tag = probe(src, image.tag)
+    source_pinned: Probe = None
+    if image.pinned:
+        assert src.digest is not None
+        if isinstance(source_tag, ManifestInfo) and source_tag.digest == src.digest:
+            source_pinned = source_tag
+        else:
+            source_pinned = probe(src, src.digest)
+    destination = probe(dst, image.tag)
+    plan = plan_image(image, source_tag, destination, source_pinned)
+
+    if plan.action is Action.ERROR:
+        return Outcome(image, FAILED, plan.reason, plan, plan.warnings, plan.exit_code or 2)
+    if plan.action is Action.SKIP:
+        return Outcome(image, WOULD_SKIP if dry_run else SKIPPED, plan.reason, plan,
+                       plan.warnings)
+    if dry_run:
+        warnings = plan.warnings
+        remaining, _, _ = gate.snapshot(src.host)
+        if remaining is not None and remaining - plan.pulls < gate.policy.floor:
+            warnings += (f"{src.host} has {remaining} pulls left; this copy needs up to "
+                         f"{plan.pulls} and would hit the floor of {gate.policy.floor}",)
+        return Outcome(image, WOULD_COPY, f"{plan.reason}; would copy {plan.digest} "
+                       f"(up to {plan.pulls} pull{'s' if plan.pulls != 1 else ''})", plan,
+                       warnings)
+
+    assert copier is not None and plan.digest is not None
+    source_by_digest = ImageRef(src.host, src.repository, None, plan.digest)
+
+    def refresh() -> RateLimit | None:
+        answer = probe(src, plan.digest or image.tag)
+        return answer.ratelimit if isinstance(answer, ManifestInfo) else None
+
+    try:
+        gate.acquire(src.host, plan.pulls, image.label, refresh)
+    except RateLimitStop as exc:
+        return Outcome(image, FAILED, str(exc), plan, plan.warnings, exc.exit_code)
+    progress.phase(image, f"copying {plan.digest[:19]} ({plan.reason})")
+    try:
+        written = copier.copy(source_by_digest, dst)
+    except CopyRateLimited as exc:
+        gate.stop(src.host, f"{src.host} answered 429 (pull rate limit reached) while copying "
+                  f"{image.label}")
+        return Outcome(image, FAILED, str(exc), plan, plan.warnings, exc.exit_code)
+    except KilnError as exc:
+        return Outcome(image, FAILED, str(exc), plan, plan.warnings, exc.exit_code)
+    finally:
+        gate.release(src.host, plan.pulls, spent=True)  # a failed copy may have spent them too
+    if written and written != plan.digest:
+        return Outcome(image, FAILED,
+                       f"the destination got {written}, not the source digest {plan.digest}: "
+                       "the copy did not preserve digests", plan, plan.warnings, 2)
+    return Outcome(image, COPIED, f"{plan.reason}; copied {plan.digest}", plan, plan.warnings)
+
+
+# -- reporting ---------------------------------------------------------------------------------
+
+def format_report(report: MirrorReport) -> str:
+    """The summary (or the dry run's plan) as plain text: one line per image, then warnings."""
+    counts = report.counts()
+    order = (COPIED, WOULD_COPY, SKIPPED, WOULD_SKIP, FAILED)
+    tally = ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
+    title = "mirror plan (dry run: HEAD requests only)" if report.dry_run else "mirror summary"
+    lines = [f"{title}: {len(report.outcomes)} image(s): {tally}"]
+    width = max((len(o.status) for o in report.outcomes), default=6)
+    for o in report.outcomes:
+        status = "FAILED" if o.failed else o.status
+        if report.dry_run:
+            status = {WOULD_COPY: "copy", WOULD_SKIP: "skip", FAILED: "ERROR"}.get(o.status,
+                                                                                   status)
+        lines.append(f"  {status:<{width}}  {o.image.source} -> {o.image.destination}")
+        message = o.message.splitlines() or [""]
+        lines.append(f"  {'':<{width}}    {message[0]}")
+        lines.extend(f"  {'':<{width}}    {extra}" for extra in message[1:])
+    warnings = [(o.image, w) for o in report.outcomes for w in o.warnings]
+    if warnings:
+        lines.append("warnings:")
+        lines.extend(f"  {image.source}: {text}" for image, text in warnings)
+    for host, (remaining, limit, window) in report.ratelimits.items():
+        if remaining is not None:
+            extra = f" of {limit}" if limit is not None else ""
+            per = f" per {window}s" if window else ""
+            lines.append(f"{host}: ratelimit-remaining {remaining}{extra}{per}")
+    return "\n".join(lines)
+
+
+def failure_of(report: MirrorReport) -> MirrorFailed | None:
+    failures = report.failures
+    if not failures:
+        return None
+    codes = {o.exit_code for o in failures}
+    code = codes.pop() if len(codes) == 1 else 1
+    names = ", ".join(str(o.image.source) for o in failures)
+    verb = "would fail" if report.dry_run else "failed"
+    return MirrorFailed(f"{len(failures)} of {len(report.outcomes)} image(s) {verb}: {names}",
+                        exit_code=code or 1,
+                        hint="see the summary above; the others were mirrored, and a rerun only "
+                             "copies what is still missing")
+
+
+# -- from settings -----------------------------------------------------------------------------
+
+def destination_registry(settings: Settings, *, start: bool = True) -> str | None:
+    """``${REGISTRY}`` for the mirror file: the registry setting; outside CI, the embedded local
+    registry (started on demand, as ``build`` does; a dry run only uses a running one)."""
+    if settings.registry:
+        return settings.registry
+    if settings.ci.in_ci:
+        return None
+    from kiln.local_registry import local_registry_status, start_local_registry
+
+    state = local_registry_status(settings.state_dir)
+    if state is None and start and not settings.dry_run:
+        state = start_local_registry(settings.state_dir)
+        console.step(f"embedded local registry at {state.address}")
+    return state.address if state is not None else None
+
+
+def config_variables(settings: Settings, env: Mapping[str, str] | None = None, *,
+                     start: bool = True) -> dict[str, str]:
+    """What ``${NAME}`` expands to in the mirror file: the environment plus ``REGISTRY``."""
+    variables = dict(os.environ if env is None else env)
+    registry = destination_registry(settings, start=start)
+    if registry:
+        variables["REGISTRY"] = registry
+    else:
+        variables.pop("REGISTRY", None)
+    return variables
+
+
+class _Heads:
+    """HEAD requests through one :class:`RegistryClient` per (thread, host)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._local = threading.local()
+        self._all: list[RegistryClient] = []
+        self._lock = threading.Lock()
+
+    def _client(self, host: str) -> RegistryClient:
+        clients: dict[str, RegistryClient] = getattr(self._local, "clients", None) or {}
+        self._local.clients = clients
+        if host not in clients:
+            clients[host] = RegistryClient.from_settings(host, self.settings)
+            with self._lock:
+                self._all.append(clients[host])
+        return clients[host]
+
+    def __call__(self, ref: ImageRef, reference: str) -> Probe:
+        try:
+            return self._client(ref.host).head_manifest(ref.repository, reference)
+        except KilnError as exc:
+            return ProbeError(f"{ref.name}:{reference}: {exc}", exc.exit_code)
+
+    def close(self) -> None:
+        for client in self._all:
+            client.close()
+
+
+def mirror(settings: Settings, *, config: str | Path | None = None, only: Iterable[str] = (),
+           jobs: int | None = None, dry_run: bool | None = None,
+           live: bool | None = None) -> MirrorReport:
+    """The ``mirror`` task: load the config, run, print the summary, raise if anything failed."""
+    dry = settings.dry_run if dry_run is None else dry_run
+    path = config_path(settings.project_dir, settings.mirror_config, config)
+    loaded: MirrorConfig = load_config(path, config_variables(settings, start=not dry))
+    images = select(loaded.images, only)
+    workers = jobs if jobs is not None else loaded.jobs
+    if workers < 1:
+        raise ConfigError(f"--jobs must be at least 1, not {workers}")
+    progress = Progress(len(images), live=live)
+    gate = RateLimitGate(loaded.ratelimit, notify=progress.note)
+    heads = _Heads(settings)
+    console.step(f"{'planning' if dry else 'mirroring'} {len(images)} image(s) from {path.name} "
+                 f"({workers} at a time)")
+    try:
+        if dry:
+            report = run_mirror(images, head=heads, copier=None, gate=gate, jobs=workers,
+                                dry_run=True, progress=progress)
+        else:
+            hosts = {i.source.host for i in images} | {
+                i.destination.host for i in images if i.destination is not None}
+            with copier_for(settings, hosts, loaded.retries) as copier:
+                report = run_mirror(images, head=heads, copier=copier, gate=gate, jobs=workers,
+                                    progress=progress)
+    finally:
+        heads.close()
+    if settings.json_output:
+        console.out(json.dumps(report.to_json(), indent=2))
+    else:
+        console.out(format_report(report))
+    failure = failure_of(report)
+    if failure is not None:
+        raise failure
+    return report

@@ -1,0 +1,60 @@
+"""Tasks: ``mirror`` (copy upstream images into our registry) and ``lint-refs``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from invoke.tasks import task
+
+from kiln import console
+from kiln.errors import ConfigError
+from kiln.tasks.common import reports_errors, settings_for
+
+
+@task(
+    iterable=["only"],
+    help={
+        "config": "mirror configuration file (default: mirrors.yml, or KILN_MIRROR_CONFIG)",
+        "dry-run": "print the plan (skip / copy / error per image, and why); HEAD requests only",
+        "only": "mirror only images whose source or destination matches this fnmatch pattern "
+                "(repeatable; e.g. 'postgres*', '*/library/debian:*')",
+        "jobs": "images copied in parallel (default: 'jobs' in the config, else 4)",
+    },
+)
+@reports_errors
+def mirror(c: Any, config: str | None = None, dry_run: bool = False,
+           only: list[str] | None = None, jobs: str | None = None) -> None:
+    """Mirror upstream images (mirrors.yml) with all architectures, preserving digests.
+
+    Up-to-date images cost only HEAD requests (no Docker Hub pulls); the run honours the
+    source's rate-limit headers, carries on past failures and exits non-zero if any image failed.
+    """
+    from kiln.mirror.run import mirror as run_mirror
+
+    settings = settings_for(dry_run=True if dry_run else None)
+    workers: int | None = None
+    if jobs is not None:
+        # a string option: invoke's own int parsing would end in a traceback on "--jobs x"
+        if not str(jobs).strip().isdigit():
+            raise ConfigError(f"--jobs must be a whole number, not {jobs!r}")
+        workers = int(jobs) or None
+    run_mirror(settings, config=config, only=only or (), jobs=workers)
+
+
+@task(help={"config": "mirror configuration file (default: mirrors.yml, or KILN_MIRROR_CONFIG)"})
+@reports_errors
+def lint_refs(c: Any, config: str | None = None) -> None:
+    """Check that build files and CI images pull through the mirror, not from Docker Hub.
+
+    Fails on FROM lines and CI image:/services: entries that use Docker Hub or a registry not
+    approved in the mirror configuration, naming file, line and the reference to use instead.
+    """
+    from kiln.mirror.lint import lint_project
+
+    settings = settings_for()
+    findings = lint_project(settings, config=config)
+    for finding in findings:
+        console.out(str(finding))
+
+
+TASKS = (mirror, lint_refs)

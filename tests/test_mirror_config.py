@@ -1,0 +1,182 @@
+"""mirrors.yml parsing and validation: positions (line:column), unknown keys, destinations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kiln.errors import ConfigError
+from kiln.mirror.config import (
+    DEFAULT_DESTINATION,
+    expand,
+    load_config,
+    parse_config,
+)
+from kiln.registry.reference import parse_reference
+
+PIN = "sha256:" + "ab" * 32
+VARS = {"REGISTRY": "registry.example.com/group/project"}
+
+
+def parse(text: str, variables: dict[str, str] | None = None, **kw: bool):  # type: ignore[no-untyped-def]
+    return parse_config(text, "mirrors.yml", VARS if variables is None else variables, **kw)
+
+
+def error_of(text: str, variables: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse(text, variables)
+    return str(info.value)
+
+
+def test_default_prefix_and_short_names() -> None:
+    config = parse("images:\n  - postgres:alpine\n  - source: library/debian:bookworm\n")
+    assert config.destination_prefix == DEFAULT_DESTINATION
+    postgres, debian = config.images
+    assert str(postgres.source) == "docker.io/library/postgres:alpine"
+    assert str(postgres.destination) == \
+        "registry.example.com/group/project/mirror/library/postgres:alpine"
+    assert str(debian.destination) == \
+        "registry.example.com/group/project/mirror/library/debian:bookworm"
+    assert postgres.position.line == 2 and postgres.position.column == 5
+    assert not postgres.explicit_destination
+
+
+def test_no_tag_means_latest_and_pins_keep_tag() -> None:
+    config = parse(f"images:\n  - busybox\n  - debian:bookworm@{PIN}\n")
+    busybox, debian = config.images
+    assert busybox.tag == "latest" and not busybox.pinned
+    assert debian.tag == "bookworm" and debian.source.digest == PIN and debian.pinned
+    assert debian.destination is not None and debian.destination.digest is None
+    assert debian.destination.tag == "bookworm"
+
+
+def test_explicit_prefix_and_per_image_override() -> None:
+    config = parse(
+        "destination: mirror.example.com:5000/hub\n"
+        "images:\n"
+        "  - quay.io/prometheus/busybox:glibc\n"
+        "  - source: postgres:16\n"
+        "    destination: other.example.com/db/postgres\n"
+        "  - source: redis:7\n"
+        "    destination: other.example.com/cache/redis:seven\n",
+        {},
+    )
+    busybox, postgres, redis = config.images
+    assert str(busybox.destination) == "mirror.example.com:5000/hub/prometheus/busybox:glibc"
+    assert str(postgres.destination) == "other.example.com/db/postgres:16"  # tag from source
+    assert str(redis.destination) == "other.example.com/cache/redis:seven"
+    assert postgres.explicit_destination
+
+
+def test_env_expansion_with_default() -> None:
+    config = parse("destination: ${MIRROR_HOST:-localhost:5000}/m\nimages: [alpine:3]\n", {})
+    assert str(config.images[0].destination) == "localhost:5000/m/library/alpine:3"
+    assert expand("${A}/${B:-b}", {"A": "a"}) == ("a/b", [])
+    assert expand("${A}", {}) == ("${A}", ["A"])
+
+
+def test_settings_and_ratelimit() -> None:
+    config = parse("jobs: 2\nretries: 0\nratelimit:\n  floor: 5\n  max-wait: 30\n"
+                   "  poll-interval: 2.5\napproved-registries: [quay.io, ghcr.io/org]\n"
+                   "images: [alpine]\n")
+    assert config.jobs == 2 and config.retries == 0
+    assert config.ratelimit.floor == 5
+    assert config.ratelimit.max_wait == 30.0 and config.ratelimit.poll_interval == 2.5
+    assert config.approved_registries == ("quay.io", "ghcr.io/org")
+
+
+def test_unknown_keys_with_line_and_column() -> None:
+    message = error_of("destinaton: x.example.com/m\nimages:\n  - source: alpine\n"
+                       "    tag: 3\n")
+    assert "mirrors.yml:1:1: unknown key 'destinaton' in top level" in message
+    assert "did you mean 'destination'" in message
+    assert "mirrors.yml:4:5: unknown key 'tag' in image entry" in message
+
+
+def test_unknown_ratelimit_key() -> None:
+    message = error_of("ratelimit:\n  flor: 3\nimages: [alpine]\n")
+    assert "mirrors.yml:2:3: unknown key 'flor' in ratelimit" in message
+
+
+def test_all_problems_reported_in_file_order() -> None:
+    message = error_of("jobs: 0\nimages:\n  - source: Not_Valid:x\n  - 12\n  - {}\n"
+                       "retries: many\n")
+    lines = [line.strip() for line in message.splitlines()[1:]
+             if line.strip().startswith("mirrors.yml:")]
+    assert [line.split(": ", 1)[0] for line in lines] == [
+        "mirrors.yml:1:7", "mirrors.yml:3:13", "mirrors.yml:4:5", "mirrors.yml:5:5",
+        "mirrors.yml:6:10",
+    ]
+    assert "5 problems" in message
+
+
+def test_yaml_syntax_error_has_position() -> None:
+    message = error_of("images:\n  - alpine\n   bad: [\n")
+    assert message.startswith("mirrors.yml:3:")
+    assert "not valid YAML" in message
+
+
+def test_pinned_source_needs_tag() -> None:
+    message = error_of(f"images:\n  - debian@{PIN}\n")
+    assert "mirrors.yml:2:5" in message and "needs its tag" in message
+
+
+def test_destination_rules() -> None:
+    assert "must start with its registry host" in error_of(
+        "images:\n  - source: alpine\n    destination: mirror/alpine\n")
+    assert "cannot have a digest" in error_of(
+        f"images:\n  - source: alpine\n    destination: r.example.com/alpine:3@{PIN}\n")
+    assert "mirrors.yml:4:5: destination r.example.com/x/library/alpine:latest is also" in \
+        error_of("destination: r.example.com/x\nimages:\n  - alpine\n  - docker.io/alpine\n",
+                 {})
+
+
+def test_unset_registry_is_explained() -> None:
+    message = error_of("images: [alpine]\n", {})
+    assert "mirrors.yml:1:10" in message
+    assert "${REGISTRY}" in message and "KILN_REGISTRY" in message
+
+
+def test_lint_mode_tolerates_unset_destination() -> None:
+    config = parse("images: [alpine]\n", {}, require_destination=False)
+    assert config.images[0].destination is None
+    assert config.images[0].destination_text == "${REGISTRY}/mirror/library/alpine:latest"
+
+
+def test_docker_hub_cannot_be_approved() -> None:
+    assert "cannot be approved" in error_of("approved-registries: [docker.io]\nimages: [a]\n")
+
+
+def test_types_checked() -> None:
+    assert "images must be a non-empty list" in error_of("images: []\n")
+    assert "missing 'images:'" in error_of("jobs: 2\n")
+    assert "ratelimit.max-wait must be a number" in error_of(
+        "ratelimit: {max-wait: soon}\nimages: [a]\n")
+    assert "source must be a non-empty string" in error_of("images:\n  - source: [a]\n")
+    assert "top level must be a mapping" in error_of("- alpine\n")
+    assert "empty mirror configuration" in error_of("")
+
+
+def test_mirrored_lookup() -> None:
+    config = parse(f"images: [postgres:alpine, 'debian:bookworm@{PIN}']\n")
+    assert config.mirrored(parse_reference("postgres:alpine")) is config.images[0]
+    assert config.mirrored(parse_reference("index.docker.io/library/postgres:alpine"))
+    assert config.mirrored(parse_reference("postgres:16")) is None
+    assert config.mirrored(parse_reference(f"debian@{PIN}")) is config.images[1]
+
+
+def test_load_config_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "mirrors.yml", VARS)
+
+
+def test_repository_example_is_valid() -> None:
+    root = Path(__file__).resolve().parent.parent
+    config = load_config(root / "mirrors.yml", {"REGISTRY": "127.0.0.1:5000"})
+    sources = {str(i.source) for i in config.images}
+    assert {"docker.io/library/debian:bookworm", "docker.io/library/busybox:latest",
+            "docker.io/library/postgres:alpine"} <= sources
+    debian = next(i for i in config.images if i.source.repository == "library/debian")
+    # what build files reach as ${UPSTREAM_REGISTRY}/library/debian:bookworm
+    assert str(debian.destination) == "127.0.0.1:5000/mirror/library/debian:bookworm"
