@@ -47,10 +47,26 @@ def shared_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regist
 
 
 @pytest.fixture(scope="session")
-def buildah_storage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Container storage of the test session's own (``--root``/``--runroot``), not the host's."""
+def buildah_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """Container storage of the test session's own (``--root``/``--runroot``), not the host's.
+
+    buildah's overlay driver leaves its mounts behind when it exits; at the end of the session
+    this storage's own mounts (and only those) are dropped so pytest can remove the folder.
+    """
     base = tmp_path_factory.mktemp("containers")
-    return {"root": base / "root", "runroot": base / "runroot"}
+    storage = {"root": base / "root", "runroot": base / "runroot"}
+    yield storage
+    unmount_below(storage["root"])
+
+
+def unmount_below(root: Path) -> None:
+    """Unmount every mount point at or below ``root``, deepest first."""
+    prefix = str(root)
+    with open("/proc/self/mounts", encoding="utf-8") as handle:
+        points = [line.split()[1] for line in handle]
+    for point in sorted((p for p in points if p == prefix or p.startswith(prefix + "/")),
+                        key=len, reverse=True):
+        subprocess.run(["umount", point], capture_output=True, check=False)
 
 
 @pytest.fixture

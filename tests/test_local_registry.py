@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require_tool
 from kiln.local_registry import (
     local_registry_status,
     parse_access_log,
     start_local_registry,
     stop_local_registry,
 )
-from conftest import require_tool
 
 
 def test_parse_access_log_counts_kinds() -> None:
