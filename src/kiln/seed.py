@@ -1,0 +1,567 @@
+"""Offline upstream images: put ``library/debian:bookworm`` and ``library/busybox:latest`` into a
+registry as if they had been mirrored from Docker Hub, without Docker Hub.
+
+The local default flow builds ``FROM ${UPSTREAM_REGISTRY}/library/debian:bookworm`` with
+``UPSTREAM_REGISTRY=<embedded registry>/mirror``; this module fills that mirror from what a
+Debian machine can make itself:
+
+* ``library/debian:bookworm``: a ``debootstrap --variant=minbase`` root filesystem of Debian 12
+  with python3, pip, venv, the wheel of ``wheel`` (for offline ``pip install
+  --no-build-isolation``) and CA certificates, for the host's architecture. Made once: about a
+  minute of debootstrap (needs root and Debian's apt repository), ~200 MB uncompressed, every
+  mtime set to :data:`SEED_EPOCH`, then committed with buildah (Docker format, created at
+  :data:`SEED_EPOCH`).
+* ``library/busybox:latest``: a manifest list (Docker v2s2) of ``amd64`` and ``arm64`` images made
+  of Debian's ``busybox-static``: the host's own ``/bin/busybox`` when it is static and of the
+  host's architecture, otherwise the package downloaded with ``apt-get download`` (``dpkg
+  --add-architecture`` and ``apt-get update`` only when needed, the ``.deb`` cached). Each
+  architecture is also tagged ``latest-<arch>``. The list is written last, with one PUT, so an
+  interrupted run never leaves a list without its children.
+
+Why a cache of *images*, not of root filesystems: each image is kept as a compressed ``dir:``
+image (``buildah push --format v2s2 dir:...``) under ``<cache>/`` (default
+``settings.state_dir/seed``), named after its recipe. Seeding a registry is then
+``skopeo copy --preserve-digests`` of those bytes (about a second instead of ~30 s of commit
+and compression), and every registry seeded from one cache gets the same digests.
+
+Idempotent: an image whose tag the registry already has is skipped after one HEAD request.
+Concurrent seeders on one machine serialise on ``<cache>/.lock``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from kiln import console, proc
+from kiln.arch import host_arch, normalize_arch
+from kiln.buildah import Buildah
+from kiln.errors import InputError, KilnError, RegistryError, ToolMissingError
+from kiln.settings import Settings
+
+# Every file of a seeded root filesystem gets this mtime, and the images this created time:
+# 2023-06-10 00:00 UTC, the release of Debian 12 "bookworm".
+SEED_EPOCH = 1686355200
+
+DEBIAN_SUITE = "bookworm"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+DEBIAN_PACKAGES: tuple[str, ...] = (
+    "python3", "python3-pip", "python3-venv", "python3-wheel-whl", "ca-certificates",
+)
+BUSYBOX_ARCHES: tuple[str, ...] = ("amd64", "arm64")
+MIRROR_PREFIX = "mirror"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+# Bump when the way images are made changes, so cached images are made again.
+_RECIPE_VERSION = 1
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Debian's architecture names, where they differ from ours.
+_DPKG_ARCH = {"amd64": "amd64", "arm64": "arm64", "ppc64le": "ppc64el", "s390x": "s390x"}
+_DEBIAN_SOURCES = """\
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+"""
+
+
+@dataclass(frozen=True)
+class UpstreamImage:
+    """An upstream image kiln can make offline."""
+
+    name: str
+    description: str
+    multi_arch: bool
+
+    @property
+    def repository(self) -> str:
+        return self.name.rpartition(":")[0]
+
+    @property
+    def tag(self) -> str:
+        return self.name.rpartition(":")[2]
+
+
+UPSTREAM_IMAGES: dict[str, UpstreamImage] = {
+    "library/debian:bookworm": UpstreamImage(
+        "library/debian:bookworm",
+        "Debian 12 minbase (debootstrap) with python3, pip, venv, CA certificates; host arch",
+        multi_arch=False,
+    ),
+    "library/busybox:latest": UpstreamImage(
+        "library/busybox:latest",
+        "Debian's busybox-static, manifest list of " + " and ".join(BUSYBOX_ARCHES),
+        multi_arch=True,
+    ),
+}
+
+
+# -- pure helpers ---------------------------------------------------------------------------
+
+def mirror_ref(registry: str, name: str) -> str:
+    """``<registry>/mirror/<name>``: where an offline upstream image lives (CONTRACT)."""
+    return f"{registry.rstrip('/')}/{MIRROR_PREFIX}/{name}"
+
+
+def selected_images(names: Iterable[str] | None) -> list[UpstreamImage]:
+    """The images to seed, in a stable order; unknown names are an :class:`InputError`."""
+    if names is None:
+        return list(UPSTREAM_IMAGES.values())
+    wanted = list(dict.fromkeys(names))
+    unknown = [n for n in wanted if n not in UPSTREAM_IMAGES]
+    if unknown:
+        raise InputError(
+            f"cannot seed {', '.join(unknown)} offline",
+            hint=f"offline upstream images: {', '.join(UPSTREAM_IMAGES)}; mirror others "
+                 "(invoke mirror) or point KILN_UPSTREAM_REGISTRY at a registry that has them",
+        )
+    return [UPSTREAM_IMAGES[n] for n in wanted]
+
+
+def debian_cache_name(arch: str, packages: Sequence[str] = DEBIAN_PACKAGES,
+                      suite: str = DEBIAN_SUITE) -> str:
+    """Name of the cached Debian image: changes whenever its recipe changes."""
+    recipe = (f"v{_RECIPE_VERSION} {suite} {arch} minbase {','.join(sorted(packages))} "
+              f"{SEED_EPOCH}")
+    digest = hashlib.sha256(recipe.encode()).hexdigest()[:12]
+    return f"debian-{suite}-{arch}-{digest}"
+
+
+def debootstrap_command(target: Path, arch: str, mirror: str = DEBIAN_MIRROR,
+                        packages: Sequence[str] = DEBIAN_PACKAGES,
+                        suite: str = DEBIAN_SUITE) -> list[str]:
+    return ["debootstrap", "--variant=minbase", f"--arch={_DPKG_ARCH[arch]}",
+            f"--include={','.join(packages)}", suite, str(target), mirror]
+
+
+def tar_command(root: Path, output: Path) -> list[str]:
+    """GNU tar of ``root`` with names sorted and every mtime :data:`SEED_EPOCH`: the same
+    packages give the same bytes."""
+    return ["tar", "--sort=name", f"--mtime=@{SEED_EPOCH}", "--numeric-owner", "--format=gnu",
+            "-C", str(root), "-cf", str(output), "."]
+
+
+def busybox_links(list_full: str) -> list[str]:
+    """Applet paths (``bin/sh``, ``usr/bin/awk`` ...) from ``busybox --list-full``; safe
+    relative paths only, never ``bin/busybox`` itself."""
+    links = []
+    for line in list_full.splitlines():
+        path = line.strip().lstrip("/")
+        parts = path.split("/")
+        if not path or ".." in parts or path == "bin/busybox":
+            continue
+        links.append(path)
+    return sorted(set(links))
+
+
+def busybox_rootfs_tar(busybox: bytes, links: Sequence[str]) -> bytes:
+    """A deterministic tarball of a busybox root filesystem: the binary, applet symlinks, the
+    usual directories, and minimal ``/etc/passwd`` and ``/etc/group`` (as Docker Hub's has)."""
+    buffer = io.BytesIO()
+    dirs = {"bin", "dev", "etc", "home", "proc", "root", "sbin", "sys", "tmp", "usr",
+            "usr/bin", "usr/sbin", "var", "var/spool", "var/spool/mail", "var/www"}
+    for link in links:
+        parent = link.rpartition("/")[0]
+        while parent:
+            dirs.add(parent)
+            parent = parent.rpartition("/")[0]
+    files = {
+        "etc/passwd": b"root:x:0:0:root:/root:/bin/sh\n"
+                      b"nobody:x:65534:65534:nobody:/home:/bin/false\n",
+        "etc/group": b"root:x:0:\nnogroup:x:65534:\n",
+    }
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        def add(info: tarfile.TarInfo, data: bytes | None = None) -> None:
+            info.mtime, info.uid, info.gid, info.uname, info.gname = SEED_EPOCH, 0, 0, "", ""
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+
+        for name in sorted(dirs):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if name == "tmp" else 0o755
+            if name == "root":
+                info.mode = 0o700
+            add(info)
+        binary = tarfile.TarInfo("bin/busybox")
+        binary.size, binary.mode = len(busybox), 0o755
+        add(binary, busybox)
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            add(info, data)
+        for link in links:
+            info = tarfile.TarInfo(link)
+            info.type, info.linkname, info.mode = tarfile.SYMTYPE, "/bin/busybox", 0o777
+            add(info)
+    return buffer.getvalue()
+
+
+def is_static_elf(data: bytes) -> bool:
+    """Whether an ELF file has no program interpreter (PT_INTERP), i.e. is statically linked."""
+    if data[:4] != b"\x7fELF":
+        return False
+    is64 = data[4] == 2
+    order: Literal["little", "big"] = "little" if data[5] == 1 else "big"
+
+    def num(offset: int, size: int) -> int:
+        return int.from_bytes(data[offset:offset + size], order)
+
+    if is64:
+        phoff, phentsize, phnum = num(0x20, 8), num(0x36, 2), num(0x38, 2)
+    else:
+        phoff, phentsize, phnum = num(0x1C, 4), num(0x2A, 2), num(0x2C, 2)
+    return all(num(phoff + i * phentsize, 4) != 3 for i in range(phnum))
+
+
+def elf_arch(data: bytes) -> str | None:
+    """Our name for an ELF file's machine (e_machine), if it is one we know."""
+    if data[:4] != b"\x7fELF":
+        return None
+    machine = int.from_bytes(data[18:20], "little" if data[5] == 1 else "big")
+    return {62: "amd64", 183: "arm64", 21: "ppc64le", 22: "s390x"}.get(machine)
+
+
+# -- seeding --------------------------------------------------------------------------------
+
+def seed_upstream(settings: Settings, registry: str, *, names: Iterable[str] | None = None,
+                  cache_dir: Path | None = None) -> list[str]:
+    """Push the offline upstream images ``names`` (default: all of :data:`UPSTREAM_IMAGES`) to
+    ``<registry>/mirror/...`` unless the registry has them already; returns the references
+    pushed. Images are made once and cached in ``cache_dir`` (default
+    ``settings.state_dir / "seed"``); later seeds of any registry copy the cached bytes, so every
+    registry gets the same digests."""
+    images = selected_images(names)
+    cache = cache_dir or settings.state_dir / "seed"
+    cache.mkdir(parents=True, exist_ok=True)
+    ctx = _Context(settings, registry, cache)
+    pushed: list[str] = []
+    with _lock(cache / ".lock"):
+        for image in images:
+            ref = mirror_ref(registry, image.name)
+            if _registry_has(ctx, image.repository, image.tag):
+                console.info(f"{ref}: already in the registry, not seeded again")
+                continue
+            started = time.monotonic()
+            pushed += (_seed_busybox if image.multi_arch else _seed_debian)(ctx, ref)
+            console.info(f"{ref} ready after {time.monotonic() - started:.0f}s")
+    return pushed
+
+
+def manifest_list(children: Sequence[tuple[str, int, str]]) -> bytes:
+    """A Docker v2s2 manifest list of (digest, size, arch) children, as exact bytes."""
+    manifests = []
+    for digest, size, arch in children:
+        platform = {"architecture": arch, "os": "linux"}
+        if arch == "arm64":
+            platform["variant"] = "v8"
+        manifests.append({"mediaType": DOCKER_MANIFEST, "size": size, "digest": digest,
+                          "platform": platform})
+    document = {"schemaVersion": 2, "mediaType": DOCKER_MANIFEST_LIST, "manifests": manifests}
+    return json.dumps(document, indent=3).encode()
+
+
+@dataclass(frozen=True)
+class _Context:
+    settings: Settings
+    registry: str
+    cache: Path
+
+    @property
+    def buildah(self) -> Buildah:
+        return Buildah.from_settings(self.settings)
+
+    def repository(self, repository: str) -> tuple[str, str]:
+        """(registry host, full repository path) of ``mirror/<repository>``."""
+        from kiln.registry.reference import split_repository
+
+        host, prefix = split_repository(self.registry)
+        return host, "/".join(p for p in (prefix, MIRROR_PREFIX, repository) if p)
+
+    @property
+    def plain_http(self) -> bool:
+        from kiln.build import plain_http
+
+        return plain_http(self.settings, self.registry)
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _registry_has(ctx: _Context, repository: str, tag: str) -> bool:
+    from kiln.registry.client import open_client
+
+    host, path = ctx.repository(repository)
+    with open_client(host, ctx.settings) as client:
+        return client.head_manifest(path, tag) is not None
+
+
+def _make_image(ctx: _Context, tar: Path, layout: Path, *, arch: str, cmd: str) -> None:
+    """``buildah from scratch`` + ``add`` the root filesystem + ``config`` + ``commit`` (Docker
+    format, created at :data:`SEED_EPOCH`), then ``push`` (v2s2, compressed) into the cache as a
+    ``dir:`` image at ``layout``; the local image is removed again."""
+    buildah = ctx.buildah
+    local = f"localhost/kiln-seed/{layout.name}"
+    partial = layout.with_name(layout.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    _remove_image(buildah, local)
+    container = buildah.run("from", "--quiet", "scratch", what="buildah from scratch").stdout.strip()
+    try:
+        buildah.run("add", container, str(tar), "/", what=f"buildah add {tar.name}")
+        config = ["config", "--arch", arch, "--os", "linux", "--env", f"PATH={_PATH}",
+                  "--cmd", cmd]
+        if arch == "arm64":
+            config += ["--variant", "v8"]
+        buildah.run(*config, container, what="buildah config")
+        buildah.run("commit", "--quiet", "--format", "docker", "--timestamp", str(SEED_EPOCH),
+                    container, local, what=f"buildah commit {local}")
+        buildah.run("push", "--quiet", "--format", "v2s2", local, f"dir:{partial}",
+                    what=f"buildah push {local} to the cache")
+        partial.replace(layout)
+    finally:
+        buildah.run("rm", container, what="buildah rm", check=False)
+        _remove_image(buildah, local)
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _remove_image(buildah: Buildah, name: str) -> None:
+    buildah.run("rmi", "--force", name, what="buildah rmi", check=False)
+
+
+def _cached(layout: Path) -> bool:
+    return (layout / "manifest.json").is_file()
+
+
+def _copy_to_registry(ctx: _Context, layout: Path, ref: str) -> tuple[str, int]:
+    """``skopeo copy --preserve-digests dir:<layout> docker://<ref>``: the cached bytes as they
+    are. Returns the manifest's (digest, size)."""
+    from kiln.build import registry_auth, registry_certs
+
+    argv = ["skopeo", "copy", "--quiet", "--preserve-digests"]
+    if ctx.plain_http or not ctx.settings.tls_verify:
+        argv.append("--dest-tls-verify=false")
+    with registry_auth(ctx.settings) as authfile, registry_certs(ctx.settings) as cert_dir:
+        if authfile is not None:
+            argv += ["--dest-authfile", str(authfile)]
+        if cert_dir is not None:
+            argv += ["--dest-cert-dir", str(cert_dir)]
+        proc.run([*argv, f"dir:{layout}", f"docker://{ref}"], error=RegistryError,
+                 what=f"push of {ref}")
+    body = (layout / "manifest.json").read_bytes()
+    return "sha256:" + hashlib.sha256(body).hexdigest(), len(body)
+
+
+# -- debian ---------------------------------------------------------------------------------
+
+def _seed_debian(ctx: _Context, ref: str) -> list[str]:
+    arch = host_arch()
+    layout = ctx.cache / debian_cache_name(arch)
+    if _cached(layout):
+        console.info(f"using the cached Debian image {layout}")
+    else:
+        _make_debian_image(ctx, layout, arch)
+    console.step(f"seeding {ref} from {layout.name}")
+    _copy_to_registry(ctx, layout, ref)
+    return [ref]
+
+
+def _make_debian_image(ctx: _Context, layout: Path, arch: str) -> None:
+    if os.geteuid() != 0:
+        raise ToolMissingError(
+            "making the offline Debian base image needs root (debootstrap)",
+            hint=f"run as root once (the result is cached in {ctx.cache}), or mirror "
+                 "library/debian:bookworm into the registry yourself",
+        )
+    proc.which("debootstrap")
+    mirror = ctx.settings.seed_debian_mirror
+    work = Path(tempfile.mkdtemp(prefix="debootstrap-", dir=ctx.cache))
+    root = work / "root"
+    console.step(f"creating a Debian {DEBIAN_SUITE} root filesystem with debootstrap "
+                 f"(about a minute, ~300 MB, from {mirror})")
+    started = time.monotonic()
+    try:
+        try:
+            proc.run(debootstrap_command(root, arch, mirror), error=KilnError,
+                     what="debootstrap", tail_lines=25)
+        except KilnError as exc:
+            raise KilnError(exc.message, hint=f"debootstrap needs Debian's apt repository "
+                            f"({mirror}); set KILN_SEED_DEBIAN_MIRROR for another mirror") from exc
+        _tidy_debian_rootfs(root)
+        tar = work / "rootfs.tar"
+        proc.run(tar_command(root, tar), error=KilnError, what="tar of the root filesystem")
+        _unmount_under(work)
+        shutil.rmtree(root)
+        console.info(f"root filesystem: {tar.stat().st_size / 1e6:.0f} MB uncompressed, "
+                     f"{time.monotonic() - started:.0f}s")
+        _make_image(ctx, tar, layout, arch=arch, cmd='["bash"]')
+    finally:
+        _unmount_under(work)
+        shutil.rmtree(work, ignore_errors=True)
+    console.info(f"cached {layout} in {time.monotonic() - started:.0f}s")
+
+
+def _tidy_debian_rootfs(root: Path) -> None:
+    """What debootstrap leaves that an image should not have: the host's resolv.conf and
+    hostname, device nodes, downloaded packages, logs with timestamps."""
+    for name in ("etc/resolv.conf", "etc/hostname", "etc/apt/sources.list"):
+        (root / name).unlink(missing_ok=True)
+    (root / "etc/apt/sources.list.d").mkdir(parents=True, exist_ok=True)
+    (root / "etc/apt/sources.list.d/debian.sources").write_text(_DEBIAN_SOURCES)
+    for folder in ("dev", "var/cache/apt/archives", "var/lib/apt/lists", "var/log", "tmp"):
+        base = root / folder
+        if not base.is_dir():
+            continue
+        for path in sorted(base.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if path.is_symlink() or not path.is_dir():
+                path.unlink()
+            elif folder in {"dev", "tmp"}:
+                path.rmdir()
+    for name in ("var/cache/ldconfig/aux-cache", "var/cache/debconf/config.dat-old",
+                 "var/cache/debconf/templates.dat-old", "var/lib/dpkg/status-old",
+                 "var/lib/dpkg/diversions-old", "etc/machine-id"):
+        (root / name).unlink(missing_ok=True)
+
+
+def _unmount_under(path: Path) -> None:
+    """Unmount what a failed debootstrap left mounted inside ``path`` (proc, sys), deepest
+    first, so removing the folder cannot reach the host's /proc or /sys."""
+    prefix = str(path.resolve()) + "/"
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as handle:
+            points = [line.split()[1] for line in handle]
+    except OSError:
+        return
+    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+
+
+# -- busybox --------------------------------------------------------------------------------
+
+def _seed_busybox(ctx: _Context, ref: str) -> list[str]:
+    console.step(f"seeding {ref} ({' + '.join(BUSYBOX_ARCHES)}) from Debian's busybox-static")
+    binaries = {arch: _busybox_binary(ctx, arch) for arch in BUSYBOX_ARCHES}
+    runnable = binaries.get(host_arch())
+    if runnable is None:
+        raise KilnError(f"no busybox binary for this machine ({host_arch()}) to list applets")
+    links = busybox_links(_list_applets(runnable))
+    pushed: list[str] = []
+    children: list[tuple[str, int, str]] = []
+    for arch, binary in binaries.items():
+        data = busybox_rootfs_tar(binary.read_bytes(), links)
+        layout = ctx.cache / f"busybox-{arch}-{hashlib.sha256(data).hexdigest()[:12]}"
+        if not _cached(layout):
+            with tempfile.TemporaryDirectory(prefix="busybox-", dir=ctx.cache) as tmp:
+                tar = Path(tmp) / "rootfs.tar"
+                tar.write_bytes(data)
+                _make_image(ctx, tar, layout, arch=arch, cmd='["sh"]')
+        arch_ref = f"{ref}-{arch}"
+        digest, size = _copy_to_registry(ctx, layout, arch_ref)
+        children.append((digest, size, arch))
+        pushed.append(arch_ref)
+    _put_list(ctx, "library/busybox", ref.rpartition(":")[2], manifest_list(children))
+    pushed.append(ref)
+    return pushed
+
+
+def _put_list(ctx: _Context, repository: str, tag: str, body: bytes) -> None:
+    """The manifest list, written last (its children exist by then): one PUT."""
+    from kiln.registry.client import Manifest, open_client
+
+    host, path = ctx.repository(repository)
+    with open_client(host, ctx.settings) as client:
+        client.put_manifest(path, tag, Manifest.from_bytes(body, DOCKER_MANIFEST_LIST))
+
+
+def _list_applets(binary: Path) -> str:
+    return proc.run([str(binary), "--list-full"], what=f"{binary} --list-full").stdout
+
+
+def _busybox_binary(ctx: _Context, arch: str) -> Path:
+    """A static busybox for ``arch``: the host's own when it fits, else Debian's package."""
+    if arch == host_arch():
+        for candidate in (Path("/bin/busybox"), Path("/usr/bin/busybox")):
+            if candidate.is_file():
+                data = candidate.read_bytes()
+                if is_static_elf(data) and elf_arch(data) == arch:
+                    return candidate
+    binary = ctx.cache / f"busybox-static-{arch}" / "bin" / "busybox"
+    if not binary.is_file():
+        deb = _download_deb(ctx.cache, "busybox-static", arch)
+        folder = binary.parent.parent
+        shutil.rmtree(folder, ignore_errors=True)
+        proc.run(["dpkg-deb", "-x", str(deb), str(folder)], error=KilnError,
+                 what=f"dpkg-deb -x {deb.name}")
+        if not binary.is_file():
+            raise KilnError(f"{deb} has no bin/busybox")
+    data = binary.read_bytes()
+    if elf_arch(data) != arch:
+        raise KilnError(f"{binary} is for {elf_arch(data)}, not {arch}")
+    return binary
+
+
+def _download_deb(cache: Path, package: str, arch: str) -> Path:
+    """``apt-get download <package>:<arch>`` into ``cache`` (cached), adding the architecture
+    to dpkg and refreshing apt's lists only when needed."""
+    dpkg_arch = _DPKG_ARCH[normalize_arch(arch)]
+    existing = sorted(cache.glob(f"{package}_*_{dpkg_arch}.deb"))
+    if existing:
+        return existing[-1]
+    proc.which("apt-get")
+    native = proc.run(["dpkg", "--print-architecture"], what="dpkg").stdout.strip()
+    if dpkg_arch != native:
+        foreign = proc.run(["dpkg", "--print-foreign-architectures"], what="dpkg").stdout.split()
+        if dpkg_arch not in foreign:
+            _need_root(f"dpkg --add-architecture {dpkg_arch}")
+            console.step(f"dpkg --add-architecture {dpkg_arch} && apt-get update")
+            proc.run(["dpkg", "--add-architecture", dpkg_arch], what="dpkg --add-architecture")
+            _apt_update()
+    download = ["sh", "-c",
+                f"cd {shlex.quote(str(cache))} && exec apt-get download -q "
+                f"{shlex.quote(f'{package}:{dpkg_arch}')}"]
+    result = proc.run(download, what=f"apt-get download {package}:{dpkg_arch}", check=False)
+    if result.returncode != 0:
+        console.info(f"apt-get download failed ({result.stderr.strip()[-200:]}); "
+                     "refreshing apt's lists and trying again")
+        _apt_update()
+        proc.run(download, error=KilnError, what=f"apt-get download {package}:{dpkg_arch}")
+    found = sorted(cache.glob(f"{package}_*_{dpkg_arch}.deb"))
+    if not found:
+        raise KilnError(f"apt-get download {package}:{dpkg_arch} left no .deb in {cache}")
+    return found[-1]
+
+
+def _apt_update() -> None:
+    _need_root("apt-get update")
+    proc.run(["apt-get", "update", "-q"], error=KilnError, what="apt-get update", tail_lines=15)
+
+
+def _need_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise ToolMissingError(f"seeding busybox needs `{what}`, which needs root",
+                               hint=f"run `{what}` as root once, then seed again")
