@@ -149,14 +149,18 @@ def test_dry_run_json_summary(project: Path, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("KILN_REGISTRY", "registry.example/g")
     monkeypatch.setenv("KILN_PUSH", "false")
     run(tasks.build, image="base", dry_run=True, json=True)
-    out = capsys.readouterr().out
-    summary = json.loads(out[out.index("{"):])
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)  # stdout is the JSON document alone
+    assert summary["task"] == "build" and summary["ok"] is True
     assert summary["dry_run"] is True
     assert summary["results"] == [{
-        "image": "base", "arch": None, "ref": "registry.example/g/base:p-local", "digest": None,
+        "action": "planned", "image": "registry.example/g/base", "tag": "p-local",
+        "digest": None, "name": "base", "arch": None, "ref": "registry.example/g/base:p-local",
         "pushed": False, "dependency": False,
         "containerfile": str(project / ".kiln/build/base/Containerfile")}]
-    assert "(not pushed: registry.example/g/base:p-local stays in local storage)" in out
+    plan = "\n".join(summary["plan"])
+    assert "(not pushed: registry.example/g/base:p-local stays in local storage)" in plan
+    assert "(not pushed" in captured.err  # the plan for people goes to stderr with --json
 
 
 def test_binfmt_register_dry_run(project: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kiln import console, proc, qemu
+from kiln import console, proc, qemu, secrets
 from kiln.arch import normalize_arch
 from kiln.buildah import Buildah
 from kiln.errors import (
@@ -477,6 +477,7 @@ def build_command(buildah: Buildah, settings: Settings, step: Step, target: Targ
         volumes=volumes,
         authfile=authfile,
         cert_dir=cert_dir,
+        secrets=settings.build_secrets,
     )
 
 
@@ -714,6 +715,7 @@ def build(settings: Settings, image: str, arch: str | None = None) -> list[Build
                           hint="set KILN_CA_BUNDLE / ca-bundle to an existing PEM file")
     target, steps = plan(settings, image, arch)
     labels = oci_labels(*source_metadata(settings))
+    refuse_credentials(settings, steps, labels)
     if settings.dry_run:
         return _print_plan(settings, buildah, target, steps, labels, problems)
     results: list[BuildResult] = []
@@ -722,6 +724,41 @@ def build(settings: Settings, image: str, arch: str | None = None) -> list[Build
             results.append(_run_step(settings, buildah, target, step, labels, authfile,
                                      cert_dir))
     return results
+
+
+def refuse_credentials(settings: Settings, steps: Sequence[Step],
+                       labels: Mapping[str, str]) -> None:
+    """Before anything is built (dry run included): no credential-looking build arg, label, or
+    ENV/LABEL/ARG value or token in any Containerfile (:mod:`kiln.secrets`; exit code 2).
+
+    Outside a dry run the Containerfiles are written first, so the file:line in the message
+    can be opened (``invoke preprocess`` prints the same text)."""
+    for step in steps:
+        containerfile = containerfile_path(settings, step.image)
+        if not settings.dry_run:
+            containerfile.parent.mkdir(parents=True, exist_ok=True)
+            containerfile.write_text(step.text, encoding="utf-8")
+        findings = secrets.check_build_args(step.build_args, where=f"build arg of {step.image}",
+                                            allow=settings.secret_allow)
+        findings += secrets.check_build_args(labels, where="label kiln sets",
+                                             allow=settings.secret_allow)
+        findings += secrets.check_containerfile(step.text, str(containerfile),
+                                                allow=settings.secret_allow)
+        secrets.refuse(findings, f"refusing to build {step.image} (builds/{step.image}.in); "
+                                 "nothing was built or pushed")
+
+
+def scan_built_image(settings: Settings, buildah: Buildah, step: Step) -> None:
+    """After the build, before the push: the image's config (Env, Labels, history) must carry
+    no credential, whatever its base image or build args brought in."""
+    findings = secrets.scan_local_image(buildah, step.ref, allow=settings.secret_allow)
+    if findings:
+        lines = "\n".join(f"  - {f}" for f in findings)
+        raise secrets.SecretInImage(
+            f"refusing to push {step.ref}: its config carries {len(findings)} "
+            f"credential-looking value(s):\n{lines}",
+            hint="nothing was pushed; the image is in local storage only (remove it: buildah "
+                 f"rmi {step.ref}). " + secrets.SECRET_HINT)
 
 
 def _seed(settings: Settings, target: Target, step: Step, *, dry_run: bool) -> list[str]:
@@ -764,6 +801,35 @@ def _seed(settings: Settings, target: Target, step: Step, *, dry_run: bool) -> l
 def _run_step(settings: Settings, buildah: Buildah, target: Target, step: Step,
               labels: Mapping[str, str], authfile: Path | None,
               cert_dir: Path | None) -> BuildResult:
+    key = f"{step.image}{'_' + step.arch if step.arch else ''}"
+    what = "dependency " if step.dependency else ""
+    with console.section(f"build_{key}", f"build {what}{step.image} -> {step.ref}"):
+        argv, containerfile = _build_step(settings, buildah, target, step, labels, authfile,
+                                          cert_dir)
+    if not target.push:
+        console.step(f"built {step.ref} (local storage only, not pushed)")
+        return BuildResult(step.image, step.arch, step.ref, containerfile, None, False,
+                           step.dependency, (tuple(argv),))
+    with console.section(f"push_{key}", f"push {step.ref}"), \
+            console.activity(f"pushing {step.ref}"), \
+            tempfile.TemporaryDirectory(prefix="kiln-push-") as tmp:
+        digestfile = Path(tmp) / "digest"
+        push = push_command(buildah, settings, step, target, authfile=authfile,
+                            digestfile=digestfile, cert_dir=cert_dir)
+        pushed = proc.run(push, error=BuildError, what=f"push of {step.ref}", stream=True,
+                          check=False)
+        if pushed.returncode != 0:
+            raise _push_failure(step, pushed)
+        digest = digestfile.read_text(encoding="utf-8").strip() if digestfile.exists() else None
+    console.step(f"pushed {step.ref}" + (f"@{digest}" if digest else ""))
+    return BuildResult(step.image, step.arch, step.ref, containerfile, digest, True,
+                       step.dependency, (tuple(argv), tuple(push)))
+
+
+def _build_step(settings: Settings, buildah: Buildah, target: Target, step: Step,
+                labels: Mapping[str, str], authfile: Path | None,
+                cert_dir: Path | None) -> tuple[list[str], Path]:
+    """Seed, build and check one image (inside its log section); returns (argv, Containerfile)."""
     _seed(settings, target, step, dry_run=False)
     containerfile = containerfile_path(settings, step.image)
     containerfile.parent.mkdir(parents=True, exist_ok=True)
@@ -787,26 +853,15 @@ def _run_step(settings: Settings, buildah: Buildah, target: Target, step: Step,
             hint=f"the FROM image must provide linux/{step.arch} (a multi-arch manifest list or "
                  f"a {step.arch} image); nothing was pushed",
         )
-    if not target.push:
-        console.step(f"built {step.ref} (local storage only, not pushed)")
-        return BuildResult(step.image, step.arch, step.ref, containerfile, None, False,
-                           step.dependency, (tuple(argv),))
-    with tempfile.TemporaryDirectory(prefix="kiln-push-") as tmp:
-        digestfile = Path(tmp) / "digest"
-        push = push_command(buildah, settings, step, target, authfile=authfile,
-                            digestfile=digestfile, cert_dir=cert_dir)
-        pushed = proc.run(push, error=BuildError, what=f"push of {step.ref}", stream=True,
-                          check=False)
-        if pushed.returncode != 0:
-            raise _push_failure(step, pushed)
-        digest = digestfile.read_text(encoding="utf-8").strip() if digestfile.exists() else None
-    console.step(f"pushed {step.ref}" + (f"@{digest}" if digest else ""))
-    return BuildResult(step.image, step.arch, step.ref, containerfile, digest, True,
-                       step.dependency, (tuple(argv), tuple(push)))
+    scan_built_image(settings, buildah, step)
+    return argv, containerfile
 
 
 _TRANSIENT = re.compile(r"connection refused|no such host|i/o timeout|connection reset|"
-                        r"TLS handshake timeout|503 Service Unavailable|too many requests",
+                        r"TLS handshake timeout|too many requests|toomanyrequests|"
+                        r"\b(?:429|500|502|503|504)\b|Internal Server Error|Bad Gateway|"
+                        r"Service Unavailable|Gateway Timeout|unexpected EOF|\bEOF\b|"
+                        r"broken pipe|server closed|timed out|Client\.Timeout",
                         re.IGNORECASE)
 _AUTH = re.compile(r"unauthorized|authentication required|denied: requested access|"
                    r"403 Forbidden|invalid username/password", re.IGNORECASE)
@@ -905,5 +960,6 @@ def _print_plan(settings: Settings, buildah: Buildah, target: Target, steps: Seq
             lines.append(f"(not pushed: {step.ref} stays in local storage)")
         results.append(BuildResult(step.image, step.arch, step.ref, containerfile, None, False,
                                    step.dependency, tuple(commands)))
-    console.out("\n".join(lines))
+    for line in lines:
+        console.plan(line)
     return results

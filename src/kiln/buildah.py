@@ -2,10 +2,13 @@
 
 Builds use this module's :class:`Buildah` so storage location, storage driver and isolation are
 applied the same way everywhere (this buildah ignores ``STORAGE_DRIVER``: it becomes a flag).
+The ``*_command`` methods are pure (argv lists, no process), so every flag is unit-tested;
+:mod:`kiln.build` decides the values from settings.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,3 +54,82 @@ class Buildah:
             check: bool = True) -> proc.Result:
         return proc.run(self.command(*args), error=BuildError, what=what or f"buildah {args[0]}",
                         stream=stream, check=check)
+
+    # -- command lines (pure) ------------------------------------------------------------
+    def build_command(
+        self,
+        *,
+        containerfile: Path,
+        context: Path,
+        tag: str,
+        image_format: str = "docker",
+        layers: bool = True,
+        platform: str | None = None,
+        tls_verify: bool = True,
+        build_args: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        volumes: Sequence[str] = (),
+        authfile: Path | None = None,
+        cert_dir: Path | None = None,
+        secrets: Sequence[str] = (),
+    ) -> list[str]:
+        """``buildah build`` for one image. ``platform`` is ``linux/<arch>`` for foreign-arch
+        builds (buildah 1.28 refuses ``--arch`` together with ``--platform``, so only the latter)."""
+        args = [
+            "build",
+            "--format", image_format,
+            "--isolation", self.isolation,
+            # a failed step must not leave its working container (and its mount) behind
+            "--force-rm",
+        ]
+        if layers:
+            args.append("--layers")
+        if platform:
+            args += ["--platform", platform]
+        if not tls_verify:
+            args.append("--tls-verify=false")
+        if authfile is not None:
+            args += ["--authfile", str(authfile)]
+        if cert_dir is not None:
+            args += ["--cert-dir", str(cert_dir)]
+        for volume in volumes:
+            args += ["-v", volume]
+        for spec in secrets:  # id=npm,env=NPM_TOKEN: mounted for RUN --mount=type=secret only
+            args += ["--secret", spec]
+        for name, value in (build_args or {}).items():
+            args += ["--build-arg", f"{name}={value}"]
+        for name, value in (labels or {}).items():
+            args += ["--label", f"{name}={value}"]
+        args += ["-f", str(containerfile), "-t", tag, str(context)]
+        return self.command(*args)
+
+    def push_command(
+        self,
+        ref: str,
+        *,
+        destination: str | None = None,
+        manifest_format: str = "v2s2",
+        tls_verify: bool = True,
+        authfile: Path | None = None,
+        digestfile: Path | None = None,
+        cert_dir: Path | None = None,
+    ) -> list[str]:
+        """``buildah push`` of local image ``ref`` to ``docker://<destination or ref>``, keeping
+        the manifest format (``v2s2`` for docker-format images: no conversion, stable digests)."""
+        args = ["push", "--format", manifest_format]
+        if not tls_verify:
+            args.append("--tls-verify=false")
+        if authfile is not None:
+            args += ["--authfile", str(authfile)]
+        if cert_dir is not None:
+            args += ["--cert-dir", str(cert_dir)]
+        if digestfile is not None:
+            args += ["--digestfile", str(digestfile)]
+        args += [ref, f"docker://{destination or ref}"]
+        return self.command(*args)
+
+    def image_exists(self, ref: str) -> bool:
+        """Whether local storage has an image named ``ref`` (never pulls)."""
+        result = self.run("inspect", "--type", "image", "--format", "{{.FromImageID}}", ref,
+                          what="buildah inspect", check=False)
+        return result.returncode == 0

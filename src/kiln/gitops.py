@@ -11,6 +11,7 @@ local or ssh remote the token is not used.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from kiln import console, proc
-from kiln.errors import ConfigError, KilnError
+from kiln.errors import ConfigError, KilnError, RegistryAuthError, RegistryTransientError
 
 TOKEN_VARIABLE = "GITLAB_JOB_DEPLOY_PRODUCTION_ACCESS_TOKEN"
 USER_VARIABLE = "GITLAB_JOB_DEPLOY_PRODUCTION_ACCESS_TOKEN_USER"
@@ -72,8 +73,33 @@ def _askpass(username: str, token: str) -> Iterator[dict[str, str]]:
         yield env
 
 
+_GIT_AUTH = re.compile(r"authentication failed|could not read (username|password)|"
+                       r"permission denied|access denied|\b40[13]\b|not allowed to push|"
+                       r"protected tag", re.IGNORECASE)
+_GIT_TRANSIENT = re.compile(r"could not resolve host|connection refused|timed out|"
+                            r"connection reset|\b50[234]\b|early eof|rpc failed|"
+                            r"the remote end hung up", re.IGNORECASE)
+
+
+def classify_git_failure(output: str) -> type[KilnError]:
+    """The exit-code class of a failed git command: refused credentials (3), an unreachable or
+    failing server (4), anything else (2) — pure, from git's output."""
+    if _GIT_AUTH.search(output):
+        return RegistryAuthError
+    if _GIT_TRANSIENT.search(output):
+        return RegistryTransientError
+    return GitError
+
+
 def _git(repo: Path, *args: str, env: dict[str, str] | None = None, what: str) -> str:
-    result = proc.run(["git", "-C", str(repo), *args], error=GitError, what=what, env=env)
+    result = proc.run(["git", "-C", str(repo), *args], error=GitError, what=what, env=env,
+                      check=False)
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).rstrip()
+        tail = "\n".join("    " + line for line in output.splitlines()[-20:])
+        raise classify_git_failure(output)(
+            f"{what} failed (exit {result.returncode}): {console.mask(' '.join(result.args))}"
+            + (f"\n  last output:\n{console.mask(tail)}" if tail else ""))
     return result.stdout.strip()
 
 
@@ -100,8 +126,8 @@ def deploy_production_tag(
         )
     refspec = f"refs/tags/{tag}:refs/tags/{tag}"
     if dry_run:
-        console.out(f"git tag --force {tag} {sha}")
-        console.out(f"git push --force {strip_credentials(push_to)} {refspec}")
+        console.plan(f"git tag --force {tag} {sha}")
+        console.plan(f"git push --force {strip_credentials(push_to)} {refspec}")
         return sha
     _git(project_dir, "tag", "--force", tag, sha, what=f"git tag {tag}")
     if is_http_remote(url):

@@ -37,6 +37,8 @@ import base64
 import json
 import os
 import secrets
+import shlex
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -44,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kiln import proc
+from kiln import console, proc
 from kiln.arch import normalize_arch
 from kiln.ci_context import CIContext
 from kiln.errors import ConfigError, InputError, RegistryError
@@ -315,6 +317,13 @@ def remove_tag(reg: Registry, tag: str) -> Result:
         return Result(reg.name, tag, current.digest, "planned")
     after = set(reg.tags())
     lost = sorted(before - after - {tag})
+    if lost and reg.head(current.digest) is not None:
+        # The image mr-<iid> pointed at is still there, so its sibling tags are too: the tags
+        # that went missing were removed by someone else meanwhile (another stop-mr running at
+        # the same time), not by deleting our throwaway manifest.
+        console.warn(f"{reg.name}: {', '.join(lost)} disappeared while {tag} was being removed "
+                     f"(removed concurrently by another job?); {current.digest} is untouched")
+        lost = []
     if lost:
         raise RegistryError(
             f"{reg.name}: removing {tag} also removed {', '.join(lost)}",
@@ -331,24 +340,29 @@ def remove_tag(reg: Registry, tag: str) -> Result:
 
 @contextmanager
 def _skopeo_auth(settings: Settings, hosts: Sequence[str]) -> Iterator[list[str]]:
-    """skopeo arguments with credentials in a private temporary auth file (never in argv)."""
+    """skopeo arguments with credentials in a private temporary auth file (never in argv).
+
+    The file is created with mode 0600 in a fresh 0700 directory and deleted when the copy ends.
+    """
     auths: dict[str, dict[str, str]] = {}
     for host in hosts:
         creds = credentials_for(host, settings)
         if creds is not None:
             raw = f"{creds.username}:{creds.password}".encode()
             auths[host] = {"auth": base64.b64encode(raw).decode()}
+            console.register_secret(auths[host]["auth"])
     if not auths:
         yield []
         return
-    fd, path = tempfile.mkstemp(prefix="kiln-auth-", suffix=".json")
+    folder = tempfile.mkdtemp(prefix="kiln-auth-")
+    path = Path(folder) / "auth.json"
     try:
-        os.fchmod(fd, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump({"auths": auths}, handle)
-        yield ["--authfile", path]
+        yield ["--authfile", str(path)]
     finally:
-        Path(path).unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _tls_args(flag: str, host: str, settings: Settings) -> list[str]:
@@ -359,24 +373,38 @@ def _tls_args(flag: str, host: str, settings: Settings) -> list[str]:
     return []
 
 
+def copy_command(settings: Settings, source: Destination, digest: str, dest: Destination,
+                 tag: str, *, auth: Sequence[str] = (), cert_dir: str | None = None) -> list[str]:
+    """The exact ``skopeo copy`` argv of :func:`copy_between` (pure)."""
+    certs = ["--src-cert-dir", cert_dir, "--dest-cert-dir", cert_dir] if cert_dir else []
+    return ["skopeo", "copy", "--all", *certs, "--preserve-digests", "--retry-times", "3", *auth,
+            *_tls_args("src", source.host, settings), *_tls_args("dest", dest.host, settings),
+            f"docker://{source.name}@{digest}", f"docker://{dest.name}:{tag}"]
+
+
 def copy_between(settings: Settings, source: Destination, digest: str, dest: Destination,
                  tag: str, *, dry_run: bool, log: Callable[[Op], None]) -> None:
     """Copy ``source@digest`` with all its architectures to ``dest:tag``, digests preserved."""
-    log(Op("COPY", dest.name, tag, f"skopeo copy --all {source}@{digest}"
-           + (" (dry run)" if dry_run else "")))
     if dry_run:
+        needs_auth = any(credentials_for(h, settings) is not None
+                         for h in (source.host, dest.host))
+        argv = copy_command(settings, source, digest, dest, tag,
+                            auth=["--authfile", "<temporary auth file, mode 0600>"]
+                            if needs_auth else [],
+                            cert_dir="<temporary cert dir>" if settings.ca_bundle else None)
+        log(Op("COPY", dest.name, tag, f"dry run: {shlex.join(argv)}"))
         return
+    log(Op("COPY", dest.name, tag, f"skopeo copy --all {source}@{digest}"))
     with _skopeo_auth(settings, [source.host, dest.host]) as auth:
-        args = ["skopeo", "copy", "--all", "--preserve-digests", "--retry-times", "3", *auth,
-                *_tls_args("src", source.host, settings), *_tls_args("dest", dest.host, settings),
-                f"docker://{source.name}@{digest}", f"docker://{dest.name}:{tag}"]
         if settings.ca_bundle is not None:
             with tempfile.TemporaryDirectory(prefix="kiln-certs-") as certs:
                 (Path(certs) / "ca.crt").write_bytes(settings.ca_bundle.read_bytes())
-                proc.run([*args[:3], "--src-cert-dir", certs, "--dest-cert-dir", certs,
-                          *args[3:]], error=RegistryError, what="copy to another registry")
+                proc.run(copy_command(settings, source, digest, dest, tag, auth=auth,
+                                      cert_dir=certs),
+                         error=RegistryError, what="copy to another registry")
                 return
-        proc.run(args, error=RegistryError, what="copy to another registry")
+        proc.run(copy_command(settings, source, digest, dest, tag, auth=auth),
+                 error=RegistryError, what="copy to another registry")
 
 
 ClientFactory = Callable[[str], RegistryClient]

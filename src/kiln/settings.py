@@ -85,6 +85,13 @@ class Settings:
     # registry client (kiln.registry): reach registries on 127.0.0.1/localhost over TLS too
     # (by default loopback registries are plain HTTP, as the embedded local registry is).
     loopback_tls: bool = False
+    # offline upstream images (kiln.seed): the Debian mirror debootstrap downloads from.
+    seed_debian_mirror: str = "http://deb.debian.org/debian"
+    # secrets (kiln.secrets): build secrets mounted for RUN steps (``id=npm,env=NPM_TOKEN`` or
+    # ``id=pip,src=/path``: ``buildah build --secret``), and names of build args / ENV / LABEL
+    # that look like credentials but are not (false alarms of the credential check).
+    build_secrets: tuple[str, ...] = ()
+    secret_allow: tuple[str, ...] = ()
     ci: CIContext = field(default_factory=CIContext)
 
     # -- derived -------------------------------------------------------------------------
@@ -219,6 +226,16 @@ def _coerce(name: str, value: Any, source: str, project_dir: Path) -> Any:
             if isinstance(value, list | tuple):
                 value = " ".join(str(v) for v in value)
             return parse_arches(str(value))
+        if name == "build_secrets":
+            if isinstance(value, str):
+                value = value.split()
+            from kiln.secrets import parse_build_secret
+
+            return tuple(str(v) for v in value if parse_build_secret(str(v)))
+        if name == "secret_allow":
+            if isinstance(value, str):
+                value = value.replace(",", " ").split()
+            return tuple(str(v) for v in value)
         if name == "public_registries":
             if isinstance(value, str):
                 value = value.replace(",", " ").split()
@@ -232,8 +249,15 @@ def _coerce(name: str, value: Any, source: str, project_dir: Path) -> Any:
             return {str(k): str(v) for k, v in value.items()}
         if name == "registry_password":
             return Secret(str(value))
-        if name == "registry":
-            return str(value).rstrip("/")
+        if name in {"registry", "upstream_registry"}:
+            text = str(value).strip().rstrip("/")
+            if "://" in text or any(c.isspace() for c in text) or not text:
+                example = text.split("://", 1)[1] if "://" in text else ""
+                if not example or any(c.isspace() for c in example):
+                    example = "registry.example.com/group"
+                raise ValueError(f"{value!r} is not a registry prefix: expected "
+                                 f"host[:port][/path] without a scheme, e.g. {example}")
+            return text
         if name == "isolation" and str(value) not in {"chroot", "oci", "rootless"}:
             raise ValueError("expected chroot, oci or rootless")
         if name == "image_format" and str(value) not in {"docker", "oci"}:

@@ -4,14 +4,23 @@ Each distinct request (method + path) fails its first ``failures`` attempts with
 passes through: deterministic, so every request exercises the client's retry path and the test
 cannot flake. Faults: ``500``/``502``/``503``, ``429`` (with ``Retry-After``), ``drop`` (close
 without answering, request not forwarded), ``drop-after`` (forwarded — it took effect — then the
-answer is lost), ``truncate`` (forwarded; half the body, then close), ``403``.
+answer is lost), ``truncate`` (forwarded; half the body, then close), ``403``, ``slow`` (answered
+correctly after a delay).
+
+:func:`seeded_faults` is the other rule: each attempt of each request fails with probability
+``rate``, decided by a hash of (seed, method, path, attempt), so a run is reproducible whatever
+the thread interleaving; every request gets at most ``max_faults`` faults, so reruns converge.
+Request bodies may be chunked (Go clients such as skopeo and buildah stream uploads that way).
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
+import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +44,72 @@ def every_request_fails(kinds: list[str], failures: int = 1) -> Rule:
     return rule
 
 
+_UPLOAD = re.compile(r"/blobs/uploads/[^/?]+")
+
+
+def request_key(path: str) -> str:
+    """``path`` without the query and with upload session ids replaced (they are random)."""
+    return _UPLOAD.sub("/blobs/uploads/*", path.split("?")[0])
+
+
+def seeded_faults(rate: float, seed: int, kinds: list[str], *, max_faults: int = 2,
+                  slow_seconds: float = 0.2) -> Rule:
+    """Attempt ``n`` of a request fails with probability ``rate`` (deterministic per seed);
+    a request is failed at most ``max_faults`` times in all. ``slow`` sleeps, then passes.
+
+    Requests are counted by :func:`request_key`, so the random upload session ids of retried
+    uploads do not make every retry a "first attempt"."""
+    seen: dict[tuple[str, str], int] = {}
+    counts: dict[tuple[str, str], int] = {}
+    lock = threading.Lock()
+
+    def rule(method: str, path: str, _attempt: int) -> str | None:
+        key = (method, request_key(path))
+        with lock:
+            seen[key] = attempt = seen.get(key, 0) + 1
+        digest = hashlib.sha256(f"{seed}|{key[0]}|{key[1]}|{attempt}".encode()).digest()
+        draw = int.from_bytes(digest[:8], "big") / 2**64
+        if draw >= rate:
+            return None
+        with lock:
+            if counts.get(key, 0) >= max_faults:
+                return None
+            counts[key] = counts.get(key, 0) + 1
+        kind = kinds[digest[8] % len(kinds)]
+        if kind == "slow":
+            time.sleep(slow_seconds)
+        return kind
+
+    return rule
+
+
+def _read_body(handler: BaseHTTPRequestHandler) -> tuple[bytes, bool]:
+    """The request body (de-chunked) and whether the request carried one."""
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        chunks = []
+        while True:
+            size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                break
+            chunks.append(handler.rfile.read(size))
+            handler.rfile.readline()
+        return b"".join(chunks), True
+    length = int(handler.headers.get("Content-Length") or 0)
+    return (handler.rfile.read(length) if length else b""), "Content-Length" in handler.headers
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Clients hang up on injected faults (that is the point): no tracebacks for that."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 @dataclass
 class FaultProxy:
     upstream: str  # host:port of the real registry
@@ -43,6 +118,7 @@ class FaultProxy:
     attempts: Counter[tuple[str, str]] = field(default_factory=Counter)
     faults: list[tuple[str, str, str]] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def address(self) -> str:
@@ -56,11 +132,12 @@ class FaultProxy:
             protocol_version = "HTTP/1.1"
 
             def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+                body, has_body = _read_body(self)
                 key = (self.command, self.path.split("?")[0])
-                proxy.attempts[key] += 1
-                fault = proxy.rule(self.command, key[1], proxy.attempts[key])
+                with proxy.lock:
+                    proxy.attempts[key] += 1
+                    attempt = proxy.attempts[key]
+                fault = proxy.rule(self.command, key[1], attempt)
                 if fault:
                     proxy.faults.append((fault, *key))
                 if fault == "drop":
@@ -80,8 +157,11 @@ class FaultProxy:
                     return
                 conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
                 headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in {"connection", "keep-alive", "content-length"}}
-                conn.request(self.command, self.path, body=body if body or length else None,
+                           if k.lower() not in {"connection", "keep-alive", "content-length",
+                                                "transfer-encoding"}}
+                if has_body or self.command in {"PUT", "POST", "PATCH"}:
+                    headers["Content-Length"] = str(len(body))
+                conn.request(self.command, self.path, body=body if has_body else None,
                              headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
@@ -94,10 +174,12 @@ class FaultProxy:
                     if name.lower() not in {"connection", "transfer-encoding", "content-length",
                                             "keep-alive"}:
                         self.send_header(name, value)
+                if self.command == "HEAD":  # the size of what a GET would return
+                    self.send_header("Content-Length", resp.getheader("Content-Length") or "0")
+                    self.end_headers()
+                    return
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if self.command == "HEAD":
-                    return
                 if fault == "truncate" and len(data) > 1:
                     self.wfile.write(data[: len(data) // 2])
                     self.wfile.flush()
@@ -110,7 +192,7 @@ class FaultProxy:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self

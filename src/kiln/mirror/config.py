@@ -188,7 +188,11 @@ def parse_config(text: str, path: str | Path, variables: Mapping[str, str], *,
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
-        raise ConfigError(f"{loc}: not valid YAML: {exc.problem or exc}") from None
+        opened = ""
+        if exc.context and exc.context_mark is not None and exc.context_mark != mark:
+            opened = (f" ({exc.context} at line {exc.context_mark.line + 1}, column "
+                      f"{exc.context_mark.column + 1})")
+        raise ConfigError(f"{loc}: not valid YAML: {exc.problem or exc}{opened}") from None
     if root is None:
         raise ConfigError(f"{where}: empty mirror configuration",
                           hint="list the upstream images under 'images:'")

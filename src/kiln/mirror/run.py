@@ -10,8 +10,8 @@ failures' exit-code category) when anything failed. A dry run stops after planni
 
 from __future__ import annotations
 
-import json
 import os
+import shlex
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -27,7 +27,7 @@ from kiln.errors import ConfigError, InputError, KilnError
 from kiln.mirror.config import MirrorConfig, MirrorImage, config_path, load_config
 from kiln.mirror.plan import Action, Plan, Probe, ProbeError, plan_image
 from kiln.mirror.ratelimit import RateLimitGate, RateLimitStop
-from kiln.mirror.skopeo import CopyRateLimited, copier_for
+from kiln.mirror.skopeo import CopyRateLimited, copier_for, planned_copy_command
 from kiln.registry.client import ManifestInfo, RateLimit, RegistryClient
 from kiln.registry.reference import ImageRef
 from kiln.settings import Settings
@@ -148,7 +148,7 @@ class Progress:
         self.done = 0
         self._lock = threading.Lock()
         if live is None:
-            live = console.stderr.is_terminal and not console.in_ci()
+            live = console.live()
         self.live = live
         self._rich: object | None = None
         self._tasks: dict[str, object] = {}
@@ -324,8 +324,13 @@ def _mirror_one(image: MirrorImage, probe: Callable[[ImageRef, str], Probe],
 
 # -- reporting ---------------------------------------------------------------------------------
 
-def format_report(report: MirrorReport) -> str:
-    """The summary (or the dry run's plan) as plain text: one line per image, then warnings."""
+def format_report(report: MirrorReport,
+                  operations: Mapping[str, Sequence[str]] | None = None) -> str:
+    """The summary (or the dry run's plan) as plain text: one line per image, then warnings.
+
+    ``operations`` (image label -> lines) adds, under each image, the registry requests made
+    and the exact ``skopeo copy`` a real run would start (the dry run's plan).
+    """
     counts = report.counts()
     order = (COPIED, WOULD_COPY, SKIPPED, WOULD_SKIP, FAILED)
     tally = ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
@@ -341,6 +346,8 @@ def format_report(report: MirrorReport) -> str:
         message = o.message.splitlines() or [""]
         lines.append(f"  {'':<{width}}    {message[0]}")
         lines.extend(f"  {'':<{width}}    {extra}" for extra in message[1:])
+        for operation in (operations or {}).get(o.image.label, ()):
+            lines.append(f"  {'':<{width}}    {operation}")
     warnings = [(o.image, w) for o in report.outcomes for w in o.warnings]
     if warnings:
         lines.append("warnings:")
@@ -353,12 +360,30 @@ def format_report(report: MirrorReport) -> str:
     return "\n".join(lines)
 
 
+def record_outcomes(report: MirrorReport) -> None:
+    """One ``--json`` result per image: destination repository, tag, digest, what happened."""
+    actions = {COPIED: "copied", SKIPPED: "skipped", FAILED: "failed",
+               WOULD_COPY: "planned", WOULD_SKIP: "skipped"}
+    for o in report.outcomes:
+        dst = o.image.destination
+        console.record(actions.get(o.status, o.status),
+                       image=dst.name if dst is not None else o.image.destination_text,
+                       tag=o.image.tag, digest=o.plan.digest if o.plan else None,
+                       source=str(o.image.source), status=o.status,
+                       message=o.message, warnings=list(o.warnings))
+
+
+_CODE_PRIORITY = (6, 3, 2, 5, 1, 4)  # tool missing, auth, input, build, unexpected, transient
+
+
 def failure_of(report: MirrorReport) -> MirrorFailed | None:
     failures = report.failures
     if not failures:
         return None
-    codes = {o.exit_code for o in failures}
-    code = codes.pop() if len(codes) == 1 else 1
+    codes = {o.exit_code or 1 for o in failures}
+    # Mixed failures: the code that says what a person must do first. Only when every failure
+    # is transient is the whole run worth a plain retry (4).
+    code = next((c for c in _CODE_PRIORITY if c in codes), max(codes))
     names = ", ".join(str(o.image.source) for o in failures)
     verb = "would fail" if report.dry_run else "failed"
     return MirrorFailed(f"{len(failures)} of {len(report.outcomes)} image(s) {verb}: {names}",
@@ -440,25 +465,61 @@ def mirror(settings: Settings, *, config: str | Path | None = None, only: Iterab
     progress = Progress(len(images), live=live)
     gate = RateLimitGate(loaded.ratelimit, notify=progress.note)
     heads = _Heads(settings)
-    console.step(f"{'planning' if dry else 'mirroring'} {len(images)} image(s) from {path.name} "
-                 f"({workers} at a time)")
+    probes: list[tuple[str, str]] = []
+    probes_lock = threading.Lock()
+
+    def head(ref: ImageRef, reference: str) -> Probe:
+        with probes_lock:
+            probes.append((ref.name, reference))
+        return heads(ref, reference)
+
+    hosts = {i.source.host for i in images} | {
+        i.destination.host for i in images if i.destination is not None}
+    verb = "planning" if dry else "mirroring"
+    console.step(f"{verb} {len(images)} image(s) from {path.name} ({workers} at a time)")
     try:
-        if dry:
-            report = run_mirror(images, head=heads, copier=None, gate=gate, jobs=workers,
-                                dry_run=True, progress=progress)
-        else:
-            hosts = {i.source.host for i in images} | {
-                i.destination.host for i in images if i.destination is not None}
-            with copier_for(settings, hosts, loaded.retries) as copier:
-                report = run_mirror(images, head=heads, copier=copier, gate=gate, jobs=workers,
-                                    progress=progress)
+        with console.section("mirror", f"mirror: {verb} {len(images)} image(s) from {path}"):
+            if dry:
+                report = run_mirror(images, head=head, copier=None, gate=gate, jobs=workers,
+                                    dry_run=True, progress=progress)
+            else:
+                with copier_for(settings, hosts, loaded.retries) as copier:
+                    report = run_mirror(images, head=head, copier=copier, gate=gate,
+                                        jobs=workers, progress=progress)
     finally:
         heads.close()
-    if settings.json_output:
-        console.out(json.dumps(report.to_json(), indent=2))
+    record_outcomes(report)
+    console.summary().extra["ratelimits"] = report.to_json()["ratelimits"]
+    if dry:
+        operations = plan_operations(settings, report, probes, hosts, loaded.retries)
+        for line in format_report(report, operations).splitlines():
+            console.plan(line)
+    elif console.json_enabled():
+        console.info(format_report(report))
     else:
         console.out(format_report(report))
     failure = failure_of(report)
     if failure is not None:
         raise failure
     return report
+
+
+def plan_operations(settings: Settings, report: MirrorReport, probes: Sequence[tuple[str, str]],
+                    hosts: set[str], retries: int) -> dict[str, list[str]]:
+    """Per image: the HEAD requests the dry run made, and the copy a real run would make."""
+    result: dict[str, list[str]] = {}
+    for o in report.outcomes:
+        src, dst = o.image.source, o.image.destination
+        names = {src.name} | ({dst.name} if dst is not None else set())
+        wanted = {o.image.tag} | ({src.digest} if src.digest else set())
+        lines = []
+        for name, reference in dict.fromkeys(probes):
+            if name in names and reference in wanted:
+                sep = "@" if reference.startswith("sha256:") else ":"
+                lines.append(f"HEAD   {name}{sep}{reference}  (manifest, done)")
+        if o.status == WOULD_COPY and o.plan is not None and o.plan.digest and dst is not None:
+            source = ImageRef(src.host, src.repository, None, o.plan.digest)
+            argv = planned_copy_command(settings, hosts, retries, source, dst)
+            lines.append("would run: " + shlex.join(argv))
+        result[o.image.label] = lines
+    return result

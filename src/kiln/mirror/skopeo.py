@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln import proc
+from kiln import console, proc
 from kiln.errors import (
     KilnError,
     RegistryAuthError,
@@ -98,10 +98,10 @@ def classify_failure(output: str) -> type[KilnError]:
 def failure_hint(output: str) -> str | None:
     """What skopeo's message means when it hides the real cause."""
     if "preserve digests" in output and "must be converted" in output:
-        return ("the destination did not accept the manifest as it is (skopeo then tries other "
-                "formats, which digest preservation forbids, and reports only that): either the "
-                "destination registry does not support this manifest type, or its answer was a "
-                "transient failure - rerun to tell which")
+        return ("the destination did not accept the manifest as it is, twice (skopeo then tries "
+                "other formats, which digest preservation forbids, and reports only that): most "
+                "likely the destination registry does not support this manifest type; if it "
+                "does, its answers were transient failures - rerun")
     return None
 
 
@@ -118,8 +118,13 @@ class SkopeoCopier:
         os.close(handle)
         digestfile = Path(name)
         try:
-            result = proc.run(copy_args(source, destination, self.options, digestfile),
-                              check=False, what="skopeo copy")
+            argv = copy_args(source, destination, self.options, digestfile)
+            result = proc.run(argv, check=False, what="skopeo copy")
+            if result.returncode != 0 and failure_hint(result.stdout + result.stderr):
+                # skopeo's "must be converted" hides whether the destination refused the
+                # manifest type (permanent) or failed once (transient): one more try tells.
+                # The blobs are there already, so the retry costs a few HEADs and one PUT.
+                result = proc.run(argv, check=False, what="skopeo copy")
             if result.returncode != 0:
                 output = (result.stdout + result.stderr).strip()
                 tail = "\n".join("    " + line for line in output.splitlines()[-12:])
@@ -132,9 +137,33 @@ class SkopeoCopier:
             digestfile.unlink(missing_ok=True)
 
 
+def copy_options(settings: Settings, *, authfile: Path | None = None,
+                 cert_dir: Path | None = None, retries: int = 3) -> CopyOptions:
+    """The copy options for ``settings`` (pure; the files are made by :func:`copier_for`)."""
+    return CopyOptions(tls_verify=settings.tls_verify,
+                       loopback_tls=bool(getattr(settings, "loopback_tls", False)),
+                       authfile=authfile, cert_dir=cert_dir, retries=retries)
+
+
+def planned_copy_command(settings: Settings, hosts: set[str], retries: int, source: ImageRef,
+                         destination: ImageRef) -> list[str]:
+    """The ``skopeo copy`` argv a real run would use, for the dry run's plan (placeholders for
+    the temporary files; never the credentials)."""
+    needs_auth = any(credentials_for(host, settings) is not None for host in sorted(hosts))
+    options = copy_options(
+        settings, retries=retries,
+        authfile=Path("<temporary auth file, mode 0600>") if needs_auth else None,
+        cert_dir=Path("<temporary cert dir>") if settings.ca_bundle is not None else None)
+    return copy_args(source, destination, options, Path("<digest file>"))
+
+
 @contextmanager
 def copier_for(settings: Settings, hosts: set[str], retries: int) -> Iterator[SkopeoCopier]:
-    """A :class:`SkopeoCopier` with a private auth file / cert dir for ``hosts``; cleans up."""
+    """A :class:`SkopeoCopier` with a private auth file / cert dir for ``hosts``; cleans up.
+
+    The auth file is created 0600 (``O_EXCL``) in a fresh 0700 directory that is removed when
+    the run ends, whatever happens.
+    """
     proc.which("skopeo")
     workdir = Path(tempfile.mkdtemp(prefix="kiln-mirror-"))
     try:
@@ -149,6 +178,7 @@ def copier_for(settings: Settings, hosts: set[str], retries: int) -> Iterator[Sk
             else:
                 raw = f"{creds.username}:{creds.password}".encode()
                 auths[host] = {"auth": base64.b64encode(raw).decode()}
+                console.register_secret(auths[host]["auth"])
         authfile: Path | None = None
         if auths:
             authfile = workdir / "auth.json"
@@ -160,9 +190,7 @@ def copier_for(settings: Settings, hosts: set[str], retries: int) -> Iterator[Sk
             cert_dir = workdir / "certs"
             cert_dir.mkdir()
             shutil.copyfile(settings.ca_bundle, cert_dir / "ca.crt")
-        options = CopyOptions(tls_verify=settings.tls_verify,
-                              loopback_tls=bool(getattr(settings, "loopback_tls", False)),
-                              authfile=authfile, cert_dir=cert_dir, retries=retries)
-        yield SkopeoCopier(options, workdir)
+        yield SkopeoCopier(copy_options(settings, authfile=authfile, cert_dir=cert_dir,
+                                        retries=retries), workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

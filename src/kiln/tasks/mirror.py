@@ -8,7 +8,7 @@ from invoke.tasks import task
 
 from kiln import console
 from kiln.errors import ConfigError
-from kiln.tasks.common import reports_errors, settings_for
+from kiln.tasks.common import JSON_HELP, flag, reports_errors, settings_for
 
 
 @task(
@@ -19,11 +19,12 @@ from kiln.tasks.common import reports_errors, settings_for
         "only": "mirror only images whose source or destination matches this fnmatch pattern "
                 "(repeatable; e.g. 'postgres*', '*/library/debian:*')",
         "jobs": "images copied in parallel (default: 'jobs' in the config, else 4)",
+        "json": JSON_HELP,
     },
 )
 @reports_errors
 def mirror(c: Any, config: str | None = None, dry_run: bool = False,
-           only: list[str] | None = None, jobs: str | None = None) -> None:
+           only: list[str] | None = None, jobs: str | None = None, json: bool = False) -> None:
     """Mirror upstream images (mirrors.yml) with all architectures, preserving digests.
 
     Up-to-date images cost only HEAD requests (no Docker Hub pulls); the run honours the
@@ -31,7 +32,7 @@ def mirror(c: Any, config: str | None = None, dry_run: bool = False,
     """
     from kiln.mirror.run import mirror as run_mirror
 
-    settings = settings_for(dry_run=True if dry_run else None)
+    settings = settings_for(dry_run=flag(dry_run), json_output=flag(json))
     workers: int | None = None
     if jobs is not None:
         # a string option: invoke's own int parsing would end in a traceback on "--jobs x"
@@ -41,9 +42,12 @@ def mirror(c: Any, config: str | None = None, dry_run: bool = False,
     run_mirror(settings, config=config, only=only or (), jobs=workers)
 
 
-@task(help={"config": "mirror configuration file (default: mirrors.yml, or KILN_MIRROR_CONFIG)"})
+@task(help={"config": "mirror configuration file (default: mirrors.yml, or KILN_MIRROR_CONFIG)",
+            "dry_run": "accepted for symmetry: lint-refs only reads files and never writes",
+            "json": JSON_HELP})
 @reports_errors
-def lint_refs(c: Any, config: str | None = None) -> None:
+def lint_refs(c: Any, config: str | None = None, dry_run: bool = False,
+              json: bool = False) -> None:
     """Check that build files and CI images pull through the mirror, not from Docker Hub.
 
     Fails on FROM lines and CI image:/services: entries that use Docker Hub or a registry not
@@ -51,10 +55,17 @@ def lint_refs(c: Any, config: str | None = None) -> None:
     """
     from kiln.mirror.lint import lint_project
 
-    settings = settings_for()
+    settings = settings_for(dry_run=flag(dry_run), json_output=flag(json))
     findings = lint_project(settings, config=config)
     for finding in findings:
-        console.out(str(finding))
+        console.record("finding", image=finding.use.resolved, tag=None, digest=None,
+                       file=finding.use.file, line=finding.use.line,
+                       severity=finding.severity, message=finding.message)
+        if console.json_enabled():
+            console.info(str(finding))
+        else:
+            console.out(str(finding))
+    console.summary().used = True
 
 
 TASKS = (mirror, lint_refs)

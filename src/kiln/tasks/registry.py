@@ -3,7 +3,6 @@ deploy-production-tag. Thin: settings in, :mod:`kiln.promote` / :mod:`kiln.gitop
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,14 +14,15 @@ from kiln.promote import Op, Registry, Result
 from kiln.registry.client import RegistryClient
 from kiln.settings import Settings
 from kiln.tag_policy import PRODUCTION, mr_tag, source_tag, tags_for
-from kiln.tasks.common import reports_errors, settings_for
+from kiln.tasks.common import DRY_RUN_HELP, JSON_HELP, flag, reports_errors, settings_for
 
 _FLAGS = {
     "image": "image name (builds/<name>.in); default IMAGE_NAME",
     "registry": "registry prefix of the source image, e.g. 127.0.0.1:5000 or "
                 "registry.gitlab.com/group/project; default CI_REGISTRY_IMAGE / KILN_REGISTRY, "
                 "else the embedded local registry",
-    "dry_run": "print every registry operation (method, repository, reference); write nothing",
+    "dry_run": DRY_RUN_HELP + " (reads are done to plan; every write is printed, not sent)",
+    "json": JSON_HELP,
 }
 
 
@@ -51,9 +51,10 @@ def _image(settings: Settings) -> str:
 
 
 def _log(settings: Settings) -> Any:
+    """Every registry operation: the plan's lines in a dry run, progress lines otherwise."""
     def log(op: Op) -> None:
         if settings.dry_run:
-            console.out(str(op))
+            console.plan(str(op))
         else:
             console.info(f"  {op}")
     return log
@@ -63,14 +64,23 @@ def _factory(settings: Settings) -> promote.ClientFactory:
     return lambda host: RegistryClient.from_settings(host, settings)
 
 
+_ACTIONS = {"written": "tagged", "copied": "copied", "removed": "removed", "absent": "absent",
+            "planned": "planned"}
+
+
 def _report(settings: Settings, what: str, results: Sequence[Result]) -> None:
-    if settings.json_output:
-        console.out(json.dumps({"task": what, "dry_run": settings.dry_run,
-                                "results": [r.as_dict() for r in results]}, indent=2))
-        return
+    """The outcome: one line per tag for people, one ``results`` entry each for ``--json``."""
     for r in results:
+        console.record(_ACTIONS.get(r.status, r.status), image=r.destination, tag=r.tag,
+                       digest=r.digest or None, status=r.status)
         digest = f" -> {r.digest}" if r.digest else ""
         console.step(f"{what}: {r.destination}:{r.tag}{digest} ({r.status})")
+
+
+def _plan_header(settings: Settings, what: str, image: str) -> None:
+    if settings.dry_run:
+        console.plan(f"# kiln {what} plan for {image} (dry run: reads are done to plan, "
+                     "writes are only printed)")
 
 
 def _promote(settings: Settings, what: str, tags: Sequence[str]) -> None:
@@ -78,24 +88,30 @@ def _promote(settings: Settings, what: str, tags: Sequence[str]) -> None:
     registry = _registry(settings)
     if not tags:
         console.step(f"{what}: nothing to tag for this pipeline")
+        console.summary().used = True
         return
-    results = promote.promote(settings, image, registry, tags,
-                              source_ref=source_tag(settings.ci),
-                              client_factory=_factory(settings), log=_log(settings))
+    _plan_header(settings, what, image)
+    with console.section(f"{what}_{image}", f"{what} {image}: {', '.join(tags)}"):
+        results = promote.promote(settings, image, registry, tags,
+                                  source_ref=source_tag(settings.ci),
+                                  client_factory=_factory(settings), log=_log(settings))
     _report(settings, what, results)
 
 
 @task(help=_FLAGS | {"arches": "architectures (default IMAGE_ARCHES)"})
 @reports_errors
 def manifest(c: Any, image: str | None = None, registry: str | None = None,
-             dry_run: bool = False, arches: str | None = None) -> None:
+             dry_run: bool = False, arches: str | None = None, json: bool = False) -> None:
     """Assemble the multi-arch index p-<id> from p-<id>-<arch> (no layer moves)."""
-    settings = settings_for(image=image, registry=registry, dry_run=dry_run or None,
-                            arches=arches)
+    settings = settings_for(image=image, registry=registry, dry_run=flag(dry_run),
+                            arches=arches, json_output=flag(json))
     name = _image(settings)
     dest = promote.Destination.from_prefix(_registry(settings), name)
     promote.check_private(settings, name, dest)
-    with RegistryClient.from_settings(dest.host, settings) as client:
+    _plan_header(settings, "manifest", name)
+    with console.section(f"manifest_{name}", f"manifest {dest}: "
+                         f"{' '.join(settings.arches) or '(no architectures)'}"), \
+            RegistryClient.from_settings(dest.host, settings) as client:
         reg = Registry(client, dest.repository, dry_run=settings.dry_run, log=_log(settings))
         result = promote.assemble_index(reg, settings.ci, settings.arches)
     _report(settings, "manifest", [result])
@@ -104,50 +120,63 @@ def manifest(c: Any, image: str | None = None, registry: str | None = None,
 @task(help=_FLAGS)
 @reports_errors
 def tag(c: Any, image: str | None = None, registry: str | None = None,
-        dry_run: bool = False) -> None:
+        dry_run: bool = False, json: bool = False) -> None:
     """Tag p-<id> for this pipeline: g-<id>, latest, <git tag>, mr-<iid> (REFERENCE §4)."""
-    settings = settings_for(image=image, registry=registry, dry_run=dry_run or None)
+    settings = settings_for(image=image, registry=registry, dry_run=flag(dry_run),
+                            json_output=flag(json))
     _promote(settings, "tag", tags_for(settings.ci))
 
 
 @task(help=_FLAGS)
 @reports_errors
 def deploy_production(c: Any, image: str | None = None, registry: str | None = None,
-                      dry_run: bool = False) -> None:
+                      dry_run: bool = False, json: bool = False) -> None:
     """Point the 'production' tag at p-<id>."""
-    settings = settings_for(image=image, registry=registry, dry_run=dry_run or None)
+    settings = settings_for(image=image, registry=registry, dry_run=flag(dry_run),
+                            json_output=flag(json))
     _promote(settings, "deploy-production", (PRODUCTION,))
 
 
 @task(help=_FLAGS | {"mr": "merge request iid (default CI_MERGE_REQUEST_IID)"})
 @reports_errors
 def deploy_mr(c: Any, image: str | None = None, registry: str | None = None,
-              dry_run: bool = False, mr: str | None = None) -> None:
+              dry_run: bool = False, mr: str | None = None, json: bool = False) -> None:
     """Point the 'mr-<iid>' tag at p-<id> (the merge request's environment)."""
-    settings = settings_for(image=image, registry=registry, dry_run=dry_run or None)
+    settings = settings_for(image=image, registry=registry, dry_run=flag(dry_run),
+                            json_output=flag(json))
     _promote(settings, "deploy-mr", (mr_tag(mr or settings.ci.merge_request_iid),))
 
 
 @task(help=_FLAGS | {"mr": "merge request iid (default CI_MERGE_REQUEST_IID)"})
 @reports_errors
 def stop_mr(c: Any, image: str | None = None, registry: str | None = None,
-            dry_run: bool = False, mr: str | None = None) -> None:
+            dry_run: bool = False, mr: str | None = None, json: bool = False) -> None:
     """Remove the 'mr-<iid>' tag and nothing else (sibling tags on the digest stay)."""
-    settings = settings_for(image=image, registry=registry, dry_run=dry_run or None)
+    settings = settings_for(image=image, registry=registry, dry_run=flag(dry_run),
+                            json_output=flag(json))
     target = mr_tag(mr or settings.ci.merge_request_iid)
-    results = promote.unpromote(settings, _image(settings), _registry(settings), target,
-                                client_factory=_factory(settings), log=_log(settings))
+    name = _image(settings)
+    registry = _registry(settings)
+    _plan_header(settings, "stop-mr", name)
+    with console.section(f"stop_mr_{name}", f"stop-mr {name}: remove {target}"):
+        results = promote.unpromote(settings, name, registry, target,
+                                    client_factory=_factory(settings), log=_log(settings))
     _report(settings, "stop-mr", results)
 
 
 @task(help={"remote": "git remote to push to (default origin)",
-            "dry_run": "print the git commands; change nothing"})
+            "dry_run": "print the git commands; change nothing", "json": JSON_HELP})
 @reports_errors
-def deploy_production_tag(c: Any, remote: str = "origin", dry_run: bool = False) -> None:
+def deploy_production_tag(c: Any, remote: str = "origin", dry_run: bool = False,
+                          json: bool = False) -> None:
     """Force-move the git tag 'production' to HEAD and push it (GITLAB_JOB_DEPLOY_PRODUCTION_ACCESS_TOKEN)."""
-    settings = settings_for(dry_run=dry_run or None)
-    sha = gitops.deploy_production_tag(settings.project_dir, remote=remote,
-                                       dry_run=settings.dry_run)
+    settings = settings_for(dry_run=flag(dry_run), json_output=flag(json))
+    with console.section("deploy_production_tag", f"deploy-production-tag: push production "
+                         f"to {remote}"):
+        sha = gitops.deploy_production_tag(settings.project_dir, remote=remote,
+                                           dry_run=settings.dry_run)
+    console.record("planned" if settings.dry_run else "tagged", image=f"git:{remote}",
+                   tag=gitops.TAG, digest=None, commit=sha)
     console.step(f"deploy-production-tag: production -> {sha}"
                  + (" (dry run)" if settings.dry_run else ""))
 
