@@ -83,7 +83,7 @@ def seeded_faults(rate: float, seed: int, kinds: list[str], *, max_faults: int =
     return rule
 
 
-def _read_body(handler: BaseHTTPRequestHandler) -> tuple[bytes, bool]:
+def read_body(handler: BaseHTTPRequestHandler) -> tuple[bytes, bool]:
     """The request body (de-chunked) and whether the request carried one."""
     if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
         chunks = []
@@ -132,7 +132,7 @@ class FaultProxy:
             protocol_version = "HTTP/1.1"
 
             def _handle(self) -> None:
-                body, has_body = _read_body(self)
+                body, has_body = read_body(self)
                 key = (self.command, self.path.split("?")[0])
                 with proxy.lock:
                     proxy.attempts[key] += 1
