@@ -63,6 +63,8 @@ from kiln.errors import (
     ToolMissingError,
 )
 from kiln.settings import Settings, validate_image_name
+from kiln.tag_policy import pipeline_image_ref as image_ref
+from kiln.tag_policy import pipeline_tag
 
 CA_TARGET = "/etc/ssl/certs/ca-certificates.crt"
 LOCAL_PLACEHOLDER = "127.0.0.1:<port>"
@@ -71,18 +73,7 @@ _LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 
 # -- names and references (pure) -----------------------------------------------------------
 
-def pipeline_tag(pipeline_id: str, arch: str | None = None) -> str:
-    """``p-<pipeline id>`` or ``p-<pipeline id>-<arch>`` (CONTRACT)."""
-    tag = f"p-{pipeline_id}" + (f"-{arch}" if arch else "")
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tag):
-        raise InputError(f"pipeline id {pipeline_id!r} does not make a valid tag ({tag!r})",
-                         hint="CI_PIPELINE_ID must be letters, digits, '.', '_' or '-'")
-    return tag
-
-
-def image_ref(registry: str, image: str, pipeline_id: str, arch: str | None = None) -> str:
-    """``<registry>/<image>:p-<id>[-<arch>]``; also the image's name in local storage."""
-    return f"{registry.rstrip('/')}/{image}:{pipeline_tag(pipeline_id, arch)}"
+# p-<id>[-<arch>] (pipeline_tag, image_ref) has one home: kiln.tag_policy (docs/tags.md).
 
 
 def registry_host(registry: str) -> str:

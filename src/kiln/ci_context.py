@@ -1,6 +1,8 @@
 """The pipeline context: who runs us (GitLab CI or a laptop) and for which kind of pipeline.
 
 Pure: built from an environment mapping, no I/O, so the tag policy can be tested exhaustively.
+:func:`in_ci` is THE answer to "are we in CI?": the settings, the tag policy and the console's
+output mode (GitLab sections, no colours) all ask it, so they can never disagree.
 """
 
 from __future__ import annotations
@@ -9,6 +11,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 LOCAL_PIPELINE_ID = "local"
+_TRUE = {"true", "1", "yes"}
+
+
+def in_ci(env: Mapping[str, str]) -> bool:
+    """Whether ``env`` is a CI job's: ``GITLAB_CI`` or ``CI`` is true, or GitLab's
+    ``CI_PIPELINE_ID`` is set."""
+    return (
+        any(env.get(name, "").strip().lower() in _TRUE for name in ("GITLAB_CI", "CI"))
+        or bool(env.get("CI_PIPELINE_ID", "").strip())
+    )
 
 
 @dataclass(frozen=True)
@@ -56,10 +68,9 @@ class CIContext:
             value = env.get(name, "").strip()
             return value or None
 
-        in_ci = (get("GITLAB_CI") or get("CI") or "").lower() in {"true", "1", "yes"}
         pipeline = get("CI_PIPELINE_ID") or get("KILN_PIPELINE_ID") or LOCAL_PIPELINE_ID
         return cls(
-            in_ci=in_ci or get("CI_PIPELINE_ID") is not None,
+            in_ci=in_ci(env),
             pipeline_id=pipeline,
             commit_branch=get("CI_COMMIT_BRANCH"),
             default_branch=get("CI_DEFAULT_BRANCH"),

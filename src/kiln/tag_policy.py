@@ -1,4 +1,4 @@
-"""Which tags a pipeline writes (REFERENCE §4), as pure functions of the pipeline context.
+"""Which tags a pipeline writes (docs/tags.md), as pure functions of the pipeline context.
 
 =================  ==========================================
 tag                when
@@ -14,6 +14,9 @@ tag                when
 A git tag becomes an image tag only if it is a valid tag name and does not collide with a tag
 kiln manages itself (``production``, ``latest``, ``p-<n>``, ``g-<n>``, ``mr-<n>``): a git tag
 called ``production`` must not silently redeploy production.
+
+This module is the only place that spells a tag name kiln writes, ``p-<id>[-<arch>]`` included:
+the build engine, ``manifest`` and ``tag`` all ask it.
 """
 
 from __future__ import annotations
@@ -32,21 +35,34 @@ _PIPELINE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}$")
 _IID = re.compile(r"^[0-9]{1,18}$")
 
 
-def _pipeline(ci: CIContext) -> str:
-    if not _PIPELINE_ID.match(ci.pipeline_id):
-        raise InputError(f"invalid pipeline id {ci.pipeline_id!r} (CI_PIPELINE_ID)",
-                         hint="a pipeline id is a number in GitLab, 'local' outside CI")
-    return ci.pipeline_id
+def _pipeline(pipeline_id: str) -> str:
+    if not _PIPELINE_ID.match(pipeline_id):
+        raise InputError(f"invalid pipeline id {pipeline_id!r} (CI_PIPELINE_ID)",
+                         hint="a pipeline id is a number in GitLab, 'local' outside CI; "
+                              "letters, digits, '.', '_' or '-'")
+    return pipeline_id
+
+
+def pipeline_tag(pipeline_id: str, arch: str | None = None) -> str:
+    """``p-<pipeline id>``, or ``p-<pipeline id>-<arch>`` for one architecture's image."""
+    tag = f"p-{_pipeline(pipeline_id)}"
+    return f"{tag}-{normalize_arch(arch)}" if arch else tag
+
+
+def pipeline_image_ref(registry: str, image: str, pipeline_id: str,
+                       arch: str | None = None) -> str:
+    """``<registry>/<image>:p-<id>[-<arch>]``: what a build pushes (and names in local storage)."""
+    return f"{registry.rstrip('/')}/{image}:{pipeline_tag(pipeline_id, arch)}"
 
 
 def source_tag(ci: CIContext) -> str:
     """``p-<pipeline id>``: the image (or index) every later tag copies."""
-    return f"p-{_pipeline(ci)}"
+    return pipeline_tag(ci.pipeline_id)
 
 
 def arch_tag(ci: CIContext, arch: str) -> str:
     """``p-<pipeline id>-<arch>``: one architecture's image, input of ``manifest``."""
-    return f"{source_tag(ci)}-{normalize_arch(arch)}"
+    return pipeline_tag(ci.pipeline_id, arch)
 
 
 def mr_tag(iid: str | None) -> str:
@@ -83,7 +99,7 @@ def tags_for(ci: CIContext) -> tuple[str, ...]:
     """The tags ``tag`` writes for this pipeline, in a stable order; empty if it failed."""
     if not ci.pipeline_succeeded:
         return ()
-    tags = [f"g-{_pipeline(ci)}"]
+    tags = [f"g-{_pipeline(ci.pipeline_id)}"]
     if ci.is_default_branch:
         tags.append(LATEST)
     if ci.commit_tag:
