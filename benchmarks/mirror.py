@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from helpers.mirror_support import Images, head_digest  # noqa: E402
 from kiln.local_registry import AccessRecord, RegistryServer  # noqa: E402
-from mirror_support import Images, head_digest  # noqa: E402
 
 
 @dataclass

@@ -1,18 +1,83 @@
-"""Shared fixtures: real registries, isolated buildah storage, and a subprocess ban for unit tests."""
+"""Shared fixtures: the test tiers' guard, real registries, isolated buildah storage.
+
+Tiers (docs/architecture.md): an unmarked test is a unit test and must not start a process or
+open a socket, so the unit tier runs anywhere, fast and in any order; ``tool`` tests run host
+programs (cpp, git, hadolint, kiln/invoke/nox processes) or talk to a loopback server; ``real``
+tests go through the container stack (buildah, skopeo, docker-registry, qemu, gitlab-ci-local)
+and imply ``tool``. ``pytest -m "not tool"`` is the unit tier alone.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from kiln import console
 from kiln.local_registry import RegistryServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Markers that let a test leave the unit tier.
+OUTSIDE_UNIT_TIER = ("tool", "real")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``real`` implies ``tool``, so ``-m "not tool"`` selects exactly the unit tier."""
+    for item in items:
+        if item.get_closest_marker("real") and not item.get_closest_marker("tool"):
+            item.add_marker(pytest.mark.tool)
+
+
+def _refuse(what: str) -> object:
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError(
+            f"unit test tried to {what}: {args[:2]!r}; mark the test `tool` (host program, "
+            "loopback server) or `real` (container stack), see docs/architecture.md")
+
+    return refused
+
+
+@pytest.fixture(autouse=True)
+def unit_tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unmarked tests may not start processes or connect sockets (loopback included)."""
+    if any(request.node.get_closest_marker(name) for name in OUTSIDE_UNIT_TIER):
+        return
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", _refuse("run a subprocess"))
+    monkeypatch.setattr(os, "system", _refuse("run a shell command"))
+    monkeypatch.setattr(os, "posix_spawn", _refuse("spawn a process"))
+    monkeypatch.setattr(os, "posix_spawnp", _refuse("spawn a process"))
+    monkeypatch.setattr(socket.socket, "connect", _refuse("open a network connection"))
+    monkeypatch.setattr(socket.socket, "connect_ex", _refuse("open a network connection"))
+
+
+@pytest.fixture(autouse=True)
+def fresh_console() -> Iterator[None]:
+    """Every test starts with the console's state as a new process has it (no masks, no summary)."""
+    _reset_console()
+    yield
+    _reset_console()
+
+
+def _reset_console() -> None:
+    reset = getattr(console, "reset", None)
+    if callable(reset):
+        reset()
+        return
+    # Until the console keeps its state in one object: today's module globals.
+    for name in ("_SECRETS", "_sections"):
+        state = getattr(console, name, None)
+        if hasattr(state, "clear"):
+            state.clear()
+    summary_state = getattr(console, "_state", None)
+    if isinstance(summary_state, dict) and hasattr(console, "Summary"):
+        summary_state["summary"] = console.Summary()
+        summary_state["json"] = False
 
 
 def require_tool(name: str, package: str) -> str:

@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 
 from conftest import require_tool
+from helpers.images import push_test_image
+from helpers.run import run_kiln
 from kiln.local_registry import RegistryServer
 from kiln.registry import media
 from kiln.registry.client import RegistryClient
-from registry_helpers.images import push_test_image
-from registry_helpers.run import run_kiln
 
 pytestmark = pytest.mark.real
 

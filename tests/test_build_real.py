@@ -315,7 +315,7 @@ def test_push_with_ci_credentials_over_tls_never_shows_the_password(
         tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     """CI_REGISTRY_USER/PASSWORD against a TLS registry with htpasswd auth and a private CA
     (KILN_CA_BUNDLE): the password reaches buildah only through a temporary auth file."""
-    from registry_helpers.secure import cert_dir, make_pki, tls_http_config, write_htpasswd
+    from helpers.secure import cert_dir, make_pki, tls_http_config, write_htpasswd
 
     password = "s3cret-" + uuid.uuid4().hex
     pki = make_pki(tmp_path / "pki")

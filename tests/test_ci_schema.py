@@ -125,6 +125,7 @@ def test_dangling_extends_is_reported(tmp_path: Path) -> None:
     assert ".pubilsh_job" in problems[0].message
 
 
+@pytest.mark.tool
 def test_cli_exit_codes(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yml"
     bad.write_text(".tpl:\n  scirpt: [x]\n")

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import require_tool
+from helpers.images import push_test_image
+from helpers.run import REPO_ROOT, clean_env
 from kiln.local_registry import RegistryServer
 from kiln.registry.client import RegistryClient
-from registry_helpers.images import push_test_image
-from registry_helpers.run import REPO_ROOT, clean_env
 from test_fault_suite import consistent, push_multi
 
 pytestmark = pytest.mark.real

@@ -17,13 +17,13 @@ import pytest
 from invoke.exceptions import Exit
 
 from conftest import require_tool
+from helpers.images import push_test_image
+from helpers.run import REPO_ROOT, clean_env, run_kiln
 from kiln import console, proc
 from kiln.errors import RegistryTransientError
 from kiln.local_registry import RegistryServer
 from kiln.registry.client import RegistryClient
 from kiln.tasks.common import reports_errors
-from registry_helpers.images import push_test_image
-from registry_helpers.run import REPO_ROOT, clean_env, run_kiln
 
 SECTION_START = re.compile(
     r"^\x1b\[0Ksection_start:(\d+):([a-z0-9_.-]+)(\[collapsed=true\])?\r\x1b\[0K(.*)$")
@@ -66,6 +66,7 @@ def test_env_secrets_registered_by_name_not_every_word() -> None:
                       "here id=npm,env=NPM_TOKEN [MASKED]")
 
 
+@pytest.mark.tool
 def test_relayed_tool_output_and_failures_are_masked(capsys: pytest.CaptureFixture[str]) -> None:
     console.register_secret("tool-secret-42")
     proc.run(["sh", "-c", "echo streaming tool-secret-42"], stream=True)

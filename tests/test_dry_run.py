@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from conftest import require_tool
+from helpers.images import push_test_image
+from helpers.run import run_kiln
 from kiln.local_registry import RegistryServer, local_registry_status
-from registry_helpers.images import push_test_image
-from registry_helpers.run import run_kiln
 
 pytestmark = pytest.mark.real
 
@@ -76,7 +76,7 @@ CASES: dict[str, DryRun] = {
 
 
 def task_names() -> list[str]:
-    from registry_helpers.run import REPO_ROOT, clean_env
+    from helpers.run import REPO_ROOT, clean_env
 
     done = subprocess.run(["python", "-m", "invoke", "--search-root", str(REPO_ROOT), "--list"],
                           capture_output=True, text=True, env=clean_env(), check=True)

@@ -26,14 +26,14 @@ from pathlib import Path
 import pytest
 
 from conftest import require_tool
+from helpers.fault_proxy import FaultProxy, seeded_faults
+from helpers.images import push_test_image
+from helpers.run import run_kiln
 from kiln import promote
 from kiln.errors import RegistryError
 from kiln.local_registry import RegistryServer
 from kiln.registry import media
 from kiln.registry.client import RegistryClient
-from registry_helpers.fault_proxy import FaultProxy, seeded_faults
-from registry_helpers.images import push_test_image
-from registry_helpers.run import run_kiln
 
 pytestmark = pytest.mark.real
 

@@ -6,7 +6,7 @@ manifest job, tag, deploy). The test stage is the real `nox -s tests` job, point
 PYTEST_ADDOPTS at one cheap test (or at a test that fails, to simulate a failing test stage);
 the lint job is switched off through gitlab-ci-local's own overlay file (.gitlab-ci-local.yml),
 the only thing this test changes about the pipeline. Jobs share the test session's buildah
-storage. After each pipeline the registry must hold exactly the tags of REFERENCE §4.
+storage. After each pipeline the registry must hold exactly the tags of docs/tags.md.
 
 Known gitlab-ci-local 4.73.0 limitation: it expands the rules:changes of all instances of one
 parallel:matrix job in place, with the first instance's variables, so a change that only
@@ -26,7 +26,8 @@ from typing import Any
 
 import pytest
 
-from ci_shims import (
+from conftest import require_tool
+from helpers.ci_shims import (
     DEFAULT_BRANCH,
     MERGE_REQUEST,
     TAG,
@@ -37,7 +38,6 @@ from ci_shims import (
     passed_jobs,
     scrubbed_env,
 )
-from conftest import require_tool
 from kiln.local_registry import RegistryServer
 from kiln.registry.client import RegistryClient
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import require_tool
+from helpers.run import run_kiln
 from kiln.errors import ConfigError
 from kiln.gitops import TOKEN_VARIABLE, deploy_production_tag, strip_credentials
-from registry_helpers.run import run_kiln
 
 TOKEN = "glpat-Sup3rS3cretDeployT0ken"
 

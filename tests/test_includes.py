@@ -52,6 +52,7 @@ def kiln_cpp(path: Path, context: Path, repo_includes: Path | None) -> str:
 # -- each block on its own ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.tool
 def test_block_is_the_same_under_gnu_cpp_and_kiln_without_warnings(block: str) -> None:
     path = PACKAGE_INCLUDES / block
     ours = kiln_cpp(path, PACKAGE_INCLUDES, None)
@@ -62,6 +63,7 @@ def test_block_is_the_same_under_gnu_cpp_and_kiln_without_warnings(block: str) -
     assert "/*" not in ours and "*/" not in reference.replace('"*/.cache/pip"', "")
 
 
+@pytest.mark.tool
 def test_setup_from_base_defaults() -> None:
     text = gnu_cpp('#include "setup-from-base"\n', PACKAGE_INCLUDES)
     assert meaning(text) == [
@@ -76,6 +78,7 @@ def test_setup_from_base_defaults() -> None:
     assert [f.image for f in froms] == ["r/python:latest"]
 
 
+@pytest.mark.tool
 def test_python_requirements_defaults_and_macros() -> None:
     default = meaning(gnu_cpp('#include "python-requirements"\n', PACKAGE_INCLUDES))
     assert 'ARG PIP_INSTALL_OPTIONS=""' in default
@@ -97,6 +100,7 @@ def test_python_requirements_defaults_and_macros() -> None:
     assert "[ -f /code/pyproject.toml ] || [ -f /code/setup.cfg ] || [ -f /code/setup.py ]" in runs[1]
 
 
+@pytest.mark.tool
 def test_cleanup_covers_dnf_apt_and_pip_without_a_glob() -> None:
     (run,) = meaning(gnu_cpp('#include "cleanup"\n', PACKAGE_INCLUDES))
     for needle in ("dnf clean all", "yum clean all", "apt-get clean", "/var/lib/apt/lists",
@@ -106,6 +110,7 @@ def test_cleanup_covers_dnf_apt_and_pip_without_a_glob() -> None:
 
 
 @pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.tool
 def test_run_steps_are_valid_shell_after_cpp(block: str) -> None:
     """cpp joins backslash-continued lines into one: every RUN must still parse as sh."""
     sh = require_tool("sh", "dash")
@@ -119,6 +124,7 @@ def test_run_steps_are_valid_shell_after_cpp(block: str) -> None:
 # -- the repository's build files ---------------------------------------------------------------
 
 @pytest.mark.parametrize("image", IMAGES)
+@pytest.mark.tool
 def test_build_file_same_meaning_under_gnu_cpp_and_kiln(image: str) -> None:
     path = REPO_ROOT / "builds" / f"{image}.in"
     ours = kiln_cpp(path, REPO_ROOT, REPO_INCLUDES)
@@ -179,6 +185,7 @@ def test_repo_includes_are_links_to_the_package_blocks(block: str) -> None:
     assert link.resolve() == (PACKAGE_INCLUDES / block).resolve()
 
 
+@pytest.mark.tool
 def test_package_blocks_are_found_when_the_repo_has_no_includes(tmp_path: Path) -> None:
     (tmp_path / "builds").mkdir()
     build_file = tmp_path / "builds" / "app.in"
@@ -207,6 +214,7 @@ def test_a_repo_block_of_the_same_name_overrides_the_package_one(tmp_path: Path)
     assert meaning(result.text) == ["FROM scratch", "RUN echo our own cleanup"]
 
 
+@pytest.mark.tool
 def test_the_blocks_ship_as_package_data(tmp_path: Path) -> None:
     """Other repositories get the blocks by installing kiln: setuptools copies them with the
     package (``build_py``, the step that fills a wheel), from the pyproject configuration."""

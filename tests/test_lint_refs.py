@@ -194,6 +194,7 @@ def test_lint_project_names_file_line_and_replacement(tmp_path: Path) -> None:
     assert "good.in" not in message
 
 
+@pytest.mark.tool
 def test_lint_refs_task_exit_code(tmp_path: Path) -> None:
     project = make_project(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}

@@ -34,6 +34,7 @@ def test_parse_access_log_counts_kinds() -> None:
     assert records[1].method == "HEAD" and records[1].status == 200
 
 
+@pytest.mark.real
 def test_registry_fixture_logs_requests(registry) -> None:
     mark = registry.log_mark()
     with urllib.request.urlopen(f"http://{registry.address}/v2/_catalog") as response:
@@ -42,6 +43,7 @@ def test_registry_fixture_logs_requests(registry) -> None:
     assert [(r.method, r.kind, r.status) for r in records] == [("GET", "catalog", 200)]
 
 
+@pytest.mark.real
 def test_embedded_registry_start_reuse_stop(tmp_path: Path) -> None:
     require_tool("docker-registry", "docker-registry")
     state_dir = tmp_path / ".kiln"

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 
 from conftest import require_tool
-from kiln.local_registry import AccessRecord, RegistryServer
-from kiln.mirror.run import COPIED, SKIPPED, MirrorFailed, MirrorReport, mirror
-from kiln.settings import Settings
-from mirror_support import (
+from helpers.mirror_support import (
     Images,
     RateLimitCounter,
     RegistryProxy,
     head_digest,
 )
+from kiln.local_registry import AccessRecord, RegistryServer
+from kiln.mirror.run import COPIED, SKIPPED, MirrorFailed, MirrorReport, mirror
+from kiln.settings import Settings
 
 pytestmark = pytest.mark.real
 REPO_ROOT = Path(__file__).resolve().parent.parent

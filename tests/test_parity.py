@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ci_shims import (
+from helpers.ci_shims import (
     DEFAULT_BRANCH,
     MERGE_REQUEST,
     TAG,

@@ -106,6 +106,7 @@ def test_corpus_is_big_enough() -> None:
 
 
 @pytest.mark.parametrize("path", CORPUS_FILES, ids=[p.name for p in CORPUS_FILES])
+@pytest.mark.tool
 def test_kiln_matches_cpp(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     header = parse_header(path)
     expected = run_cpp(path, header.defines)

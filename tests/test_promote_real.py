@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from conftest import require_tool
+from helpers.images import inspect_raw, push_test_image, skopeo
+from helpers.run import run_kiln
 from kiln.local_registry import AccessRecord, RegistryServer
 from kiln.registry import media
 from kiln.registry.client import Manifest, RegistryClient
-from registry_helpers.images import inspect_raw, push_test_image, skopeo
-from registry_helpers.run import run_kiln
 
 pytestmark = pytest.mark.real
 

@@ -11,14 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import require_tool
-from kiln.errors import RegistryAuthError, RegistryError
-from kiln.local_registry import RegistryServer
-from kiln.registry.auth import Credentials
-from kiln.registry.client import RegistryClient
-from kiln.settings import Secret
-from registry_helpers.images import push_test_image
-from registry_helpers.run import run_kiln
-from registry_helpers.secure import (
+from helpers.images import push_test_image
+from helpers.run import run_kiln
+from helpers.secure import (
     Pki,
     TokenService,
     cert_dir,
@@ -27,6 +22,11 @@ from registry_helpers.secure import (
     tls_http_config,
     write_htpasswd,
 )
+from kiln.errors import RegistryAuthError, RegistryError
+from kiln.local_registry import RegistryServer
+from kiln.registry.auth import Credentials
+from kiln.registry.client import RegistryClient
+from kiln.settings import Secret
 
 pytestmark = pytest.mark.real
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.images import push_test_image, skopeo
 from kiln import console
 from kiln.ci_context import CIContext
 from kiln.errors import ConfigError, InputError, RegistryError
@@ -34,7 +35,6 @@ from kiln.registry.client import (
 )
 from kiln.registry.reference import ImageRef, parse_reference
 from kiln.settings import ImageSettings, Secret, Settings
-from registry_helpers.images import push_test_image, skopeo
 
 # -- references ---------------------------------------------------------------------------
 

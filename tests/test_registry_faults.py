@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import require_tool
+from helpers.fault_proxy import FaultProxy, every_request_fails
+from helpers.images import push_test_image
+from helpers.run import run_kiln
 from kiln import promote
 from kiln.ci_context import CIContext
 from kiln.errors import RegistryError, RegistryTransientError
@@ -17,9 +20,6 @@ from kiln.local_registry import RegistryServer
 from kiln.registry import media
 from kiln.registry.client import RegistryClient
 from kiln.settings import Settings
-from registry_helpers.fault_proxy import FaultProxy, every_request_fails
-from registry_helpers.images import push_test_image
-from registry_helpers.run import run_kiln
 
 pytestmark = pytest.mark.real
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from conftest import require_tool
+from helpers.images import push_test_image
 from kiln import promote, secrets
 from kiln.ci_context import CIContext
 from kiln.errors import InputError
 from kiln.local_registry import RegistryServer
 from kiln.registry.client import RegistryClient
-from registry_helpers.images import push_test_image
 
 # Fake credentials with real shapes (none of them is valid anywhere).
 GLPAT = "glpat-" + "Ab1_" * 5
@@ -243,7 +243,7 @@ def test_auth_files_are_private_and_deleted_after_real_copies(tmp_path: Path,
     import os
     import shutil
 
-    from registry_helpers.run import run_kiln
+    from helpers.run import run_kiln
 
     real = require_tool("skopeo", "skopeo")
     spy_dir = tmp_path / "bin"
@@ -333,8 +333,8 @@ def test_build_secret_reaches_the_run_step_but_not_the_image(
     --secret``, the RUN step reads the value, and neither the image nor the output holds it."""
     import shutil
 
+    from helpers.run import run_kiln
     from kiln.buildah import Buildah
-    from registry_helpers.run import run_kiln
 
     require_tool("buildah", "buildah")
     busybox = shutil.which("busybox")

@@ -37,7 +37,7 @@ def test_layers_in_order_defaults_pyproject_env_flags() -> None:
     env = {"BASE_IMAGE_TAG": "from-env"}
     assert resolve(config, env).base_image_tag == "from-env"
     assert resolve(config, env, {"base_image_tag": "from-flag"}).base_image_tag == "from-flag"
-    # KILN_<NAME> is the generic spelling and wins over the REFERENCE alias
+    # KILN_<NAME> is the generic spelling and wins over the documented alias (docs/settings.md)
     env2 = {"BASE_IMAGE_TAG": "alias", "KILN_BASE_IMAGE_TAG": "generic"}
     assert resolve({}, env2).base_image_tag == "generic"
     # None flags mean "not given"

@@ -1,4 +1,4 @@
-"""The tag table of REFERENCE §4 as a pure function: every combination of pipeline state."""
+"""The tag table of docs/tags.md as a pure function: every combination of pipeline state."""
 
 from __future__ import annotations
 

@@ -113,6 +113,7 @@ def _git(project: Path, *args: str) -> None:
                         "GIT_COMMITTER_DATE": "2024-05-06T07:08:09Z"})
 
 
+@pytest.mark.tool
 def test_dry_run_plan_with_git_labels_and_no_deps(
         project: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -144,6 +145,7 @@ def test_dry_run_plan_with_git_labels_and_no_deps(
     assert not (project / ".kiln").exists()
 
 
+@pytest.mark.tool
 def test_dry_run_json_summary(project: Path, monkeypatch: pytest.MonkeyPatch,
                               capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("KILN_REGISTRY", "registry.example/g")
@@ -189,6 +191,7 @@ def test_registry_start_status_stop(project: Path, capsys: pytest.CaptureFixture
     assert exit_code(tasks.registry_status) == 1
 
 
+@pytest.mark.tool
 def test_dry_run_reports_a_missing_binfmt_handler(
         project: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,7 +1,7 @@
 """Real pieces for the mirror tests and benchmark: tiny images built with buildah, pushed to a
 real registry, and a small HTTP proxy that can add rate-limit headers or fail a request once.
 
-Shared by ``tests/test_mirror_real.py`` and ``benchmarks/mirror.py`` (which puts this folder on
+Shared by ``tests/test_mirror_real.py`` and ``benchmarks/mirror.py`` (which puts ``tests/`` on
 ``sys.path``).
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from registry_helpers.fault_proxy import read_body
+from helpers.fault_proxy import read_body
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
         "proxy-authorization", "proxy-authenticate", "content-length"}

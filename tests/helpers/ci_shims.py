@@ -89,7 +89,7 @@ def make_shims(directory: Path, *, fake: tuple[str, ...] = (), passthrough: tupl
 
 # --- a throwaway copy of this repository that gitlab-ci-local can run ------------------------
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 FAKE_ORIGIN = "https://gitlab.example.com/kiln-test/kiln.git"
 CHANGE_MARK = "/* changed by kiln's CI tests: this image's CHANGES rule matches */\n"
 _SKIP = {".git", ".kiln", ".nox", ".gitlab-ci-local", "__pycache__", ".mypy_cache",
