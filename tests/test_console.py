@@ -35,12 +35,10 @@ def _fresh_console(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test starts outside CI, without JSON mode and with no registered secrets."""
     for name in ("CI", "GITLAB_CI"):
         monkeypatch.delenv(name, raising=False)
-    saved = set(console._SECRETS)
-    console.begin("test")
+    before = console.current()
+    console.reset().begin("test")
     yield
-    console._SECRETS.clear()
-    console._SECRETS.update(saved)
-    console.begin("")
+    console.reset(before)
 
 
 # -- masking -----------------------------------------------------------------------------------

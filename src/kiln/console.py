@@ -11,6 +11,11 @@ Three audiences, one module:
   — with what was built, pushed, tagged or copied (image, tag, digest) and, in a dry run, the
   plan. Everything for people goes to stderr then, so stdout parses.
 
+The state of a run (output mode, ``--json``, open sections, the summary, the registered secrets)
+lives in one :class:`Console` object, as cibuildwheel's Logger does; :func:`current` is the active
+one and the module-level functions (``console.info``, ``console.record`` ...) delegate to it, so
+callers never touch the state itself. Tests start from a fresh one with :func:`reset`.
+
 Every line goes through :func:`mask`, including the output of tools kiln relays (buildah,
 skopeo, git): a value registered with :func:`register_secret` never reaches a terminal, a CI
 log or a JSON document, and neither does anything shaped like a known token (``glpat-...``,
@@ -29,31 +34,240 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
-from rich.console import Console
+from rich.console import Console as RichConsole
+from rich.markup import escape as _escape
 
+from kiln import ci_context
 from kiln.secrets import looks_like_credential_name, redact_tokens
 
-_SECRETS: set[str] = set()
-_LOCK = threading.RLock()
 MASK = "[MASKED]"
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+# people's lines: stderr, so stdout stays clean for data (resolved at print time, as capsys needs)
+stderr = RichConsole(stderr=True, highlight=False, soft_wrap=True)
+
+_SECTION_NAME = re.compile(r"[^a-z0-9_.-]+")
+
+
+# -- the --json summary ------------------------------------------------------------------------
+
+@dataclass
+class Summary:
+    """What a task did, for ``--json``: one entry per image/tag touched, the dry-run plan."""
+
+    task: str = ""
+    dry_run: bool = False
+    results: list[dict[str, Any]] = field(default_factory=list)
+    plan: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    used: bool = False
+    emitted: bool = False
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    def record(self, action: str, *, image: str, tag: str | None = None,
+               digest: str | None = None, **extra: Any) -> None:
+        """``action``: built, pushed, tagged, removed, copied, skipped, planned, failed ..."""
+        entry: dict[str, Any] = {"action": action, "image": image, "tag": tag, "digest": digest}
+        entry.update(extra)
+        with self._lock:
+            self.results.append(entry)
+            self.used = True
+
+    def mark_used(self) -> None:
+        """The task produced a result worth a ``--json`` document even if it recorded nothing
+        (an empty list of images, no tags for this pipeline)."""
+        self.used = True
+
+    def add_plan(self, line: str) -> None:
+        with self._lock:
+            self.plan.append(line)
+            self.used = True
+
+    def set_extra(self, key: str, value: Any) -> None:
+        """A top-level member of the ``--json`` document besides ``results`` and ``plan``."""
+        with self._lock:
+            self.extra[key] = value
+
+    def document(self, *, ok: bool, exit_code: int = 0, error: BaseException | None = None
+                 ) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "task": self.task,
+            "ok": ok,
+            "exit_code": exit_code,
+            "dry_run": self.dry_run,
+            "results": self.results,
+        }
+        if self.dry_run or self.plan:
+            doc["plan"] = self.plan
+        doc.update(self.extra)
+        if error is not None:
+            doc["error"] = {"type": type(error).__name__,
+                            "message": str(getattr(error, "message", error)),
+                            "hint": getattr(error, "hint", None)}
+        return doc
+
+
+# -- the console -------------------------------------------------------------------------------
+
+class Console:
+    """The output state of one run: JSON mode, open CI sections, the summary, known secrets.
+
+    ``env`` decides the mode (``None``: the process environment at each call, so a test's
+    ``monkeypatch.setenv("CI", ...)`` applies); ``stream`` is the rich console for people.
+    """
+
+    def __init__(self, *, env: Mapping[str, str] | None = None,
+                 stream: RichConsole | None = None) -> None:
+        self.env = env
+        self.stream = stream if stream is not None else stderr
+        self.json = False
+        self.summary = Summary()
+        self.sections: list[str] = []
+        self.secrets: set[str] = set()
+        self._lock = threading.RLock()
+
+    # -- a task's life ----------------------------------------------------------------------
+    def begin(self, task: str) -> Summary:
+        """Start a task's summary (and forget the previous task's JSON mode); secrets stay."""
+        self.summary = Summary(task=task)
+        self.json = False
+        return self.summary
+
+    def set_json(self, enabled: bool) -> None:
+        self.json = bool(enabled)
+
+    # -- masking ----------------------------------------------------------------------------
+    def register_secret(self, value: str | None) -> None:
+        """Mask ``value`` in all later output (values shorter than 4 characters are ignored)."""
+        if value and len(value) >= 4:
+            value = str(value)
+            with self._lock:
+                self.secrets.add(value)
+                # a value may reach output quoted or URL-encoded
+                quoted = quote(value, safe="")
+                if quoted != value:
+                    self.secrets.add(quoted)
+
+    def register_env_secrets(self, env: Mapping[str, str]) -> None:
+        """See :func:`register_env_secrets`."""
+        for name, value in env.items():
+            if name.startswith("KILN_") and name != "KILN_REGISTRY_PASSWORD":
+                continue
+            value = value.strip()
+            if (len(value) >= 8 and not any(c.isspace() for c in value)
+                    and not value.startswith(("/", "./", "~"))
+                    and looks_like_credential_name(name)):
+                self.register_secret(value)
+
+    def mask(self, text: str) -> str:
+        """``text`` with every registered secret and every known token shape replaced."""
+        with self._lock:
+            secrets = sorted(self.secrets, key=len, reverse=True)
+        for secret in secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return redact_tokens(text, MASK)
+
+    # -- modes ------------------------------------------------------------------------------
+    def mode(self) -> str:
+        """``ci`` (plain lines + sections), ``tty`` (colours + live progress) or ``plain``."""
+        if ci_context.in_ci(os.environ if self.env is None else self.env):
+            return "ci"
+        return "tty" if self.stream.is_terminal else "plain"
+
+    def live(self) -> bool:
+        """Whether live progress (spinners, bars) may be drawn: a terminal, not CI, not JSON."""
+        return self.mode() == "tty" and not self.json
+
+    # -- lines ------------------------------------------------------------------------------
+    def info(self, message: str) -> None:
+        self.stream.print(self.mask(message), markup=False)
+
+    def step(self, message: str) -> None:
+        self.stream.print(f"[bold cyan]kiln[/]: {_escape(self.mask(message))}")
+
+    def warn(self, message: str) -> None:
+        self.stream.print(f"[yellow]warning[/]: {_escape(self.mask(message))}")
+
+    def error(self, message: str) -> None:
+        self.stream.print(f"[bold red]error[/]: {_escape(self.mask(message))}")
+
+    def out(self, text: str) -> None:
+        sys.stdout.write(self.mask(text))
+        if not text.endswith("\n"):
+            sys.stdout.write("\n")
+        sys.stdout.flush()
+
+    def plan(self, line: str) -> None:
+        self.summary.add_plan(self.mask(line))
+        if self.json:
+            self.info(line)
+        else:
+            self.out(line)
+
+    # -- GitLab collapsible sections ---------------------------------------------------------
+    @contextmanager
+    def section(self, key: str, header: str, *, collapsed: bool = True) -> Iterator[None]:
+        header = self.mask(header)
+        if self.mode() != "ci":
+            self.step(header)
+            yield
+            return
+        name = section_name(key)
+        if self.sections:
+            name = f"{self.sections[-1]}.{name}"[:120]
+        _raw(section_start_line(name, f"kiln: {header}", int(time.time()), collapsed=collapsed))
+        self.sections.append(name)
+        try:
+            yield
+        finally:
+            self.sections.pop()
+            _raw(section_end_line(name, int(time.time())))
+
+    @contextmanager
+    def activity(self, text: str) -> Iterator[None]:
+        if not self.live():
+            yield
+            return
+        with self.stream.status(_escape(self.mask(text)), spinner="dots"):
+            yield
+
+    # -- the --json document ----------------------------------------------------------------
+    def emit_json(self, document: Mapping[str, Any]) -> None:
+        self.summary.emitted = True
+        self.out(json.dumps(document, indent=2, sort_keys=False))
+
+    def finish(self, *, ok: bool, exit_code: int = 0, error: BaseException | None = None
+               ) -> None:
+        current = self.summary
+        if not self.json or current.emitted:
+            return
+        if ok and not current.used:
+            return
+        self.emit_json(current.document(ok=ok, exit_code=exit_code, error=error))
+
+
+_active = Console()
+
+
+def current() -> Console:
+    """The active console (the module-level functions below use it)."""
+    return _active
+
+
+def reset(console: Console | None = None) -> Console:
+    """Make ``console`` (default: a fresh one) the active console; for tests and embedders."""
+    global _active
+    _active = console if console is not None else Console()
+    return _active
 
 
 # -- masking -----------------------------------------------------------------------------------
 
 def register_secret(value: str | None) -> None:
     """Mask ``value`` in all later output (values shorter than 4 characters are ignored)."""
-    if value and len(value) >= 4:
-        with _LOCK:
-            _SECRETS.add(value)
-            # a value may reach output quoted or URL-encoded
-            from urllib.parse import quote
-
-            quoted = quote(value, safe="")
-            if quoted != value:
-                _SECRETS.add(quoted)
+    _active.register_secret(value)
 
 
 def register_env_secrets(env: Mapping[str, str]) -> None:
@@ -65,96 +279,58 @@ def register_env_secrets(env: Mapping[str, str]) -> None:
     settings variables are not credentials (``KILN_BUILD_SECRETS=id=npm,env=NPM_TOKEN`` names
     one), except ``KILN_REGISTRY_PASSWORD``.
     """
-    for name, value in env.items():
-        if name.startswith("KILN_") and name != "KILN_REGISTRY_PASSWORD":
-            continue
-        value = value.strip()
-        if (len(value) >= 8 and not any(c.isspace() for c in value)
-                and not value.startswith(("/", "./", "~")) and looks_like_credential_name(name)):
-            register_secret(value)
+    _active.register_env_secrets(env)
 
 
 def mask(text: str) -> str:
     """``text`` with every registered secret and every known token shape replaced."""
-    with _LOCK:
-        secrets = sorted(_SECRETS, key=len, reverse=True)
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, MASK)
-    return redact_tokens(text, MASK)
+    return _active.mask(text)
 
 
 # -- modes -------------------------------------------------------------------------------------
 
-def in_ci() -> bool:
-    return os.environ.get("GITLAB_CI", "").lower() == "true" or os.environ.get("CI", "").lower() in {
-        "true",
-        "1",
-    }
-
-
 def mode() -> str:
     """``ci`` (plain lines + sections), ``tty`` (colours + live progress) or ``plain``."""
-    if in_ci():
-        return "ci"
-    return "tty" if stderr.is_terminal else "plain"
+    return _active.mode()
 
 
 def live() -> bool:
     """Whether live progress (spinners, bars) may be drawn: a terminal, not CI, not JSON."""
-    return mode() == "tty" and not json_enabled()
+    return _active.live()
 
 
 # -- lines -------------------------------------------------------------------------------------
 
 def info(message: str) -> None:
     """A progress line for people (stderr, so stdout stays clean for data)."""
-    stderr.print(mask(message), markup=False)
+    _active.info(message)
 
 
 def step(message: str) -> None:
     """A named step of a task."""
-    stderr.print(f"[bold cyan]kiln[/]: {_escape(mask(message))}")
+    _active.step(message)
 
 
 def warn(message: str) -> None:
-    stderr.print(f"[yellow]warning[/]: {_escape(mask(message))}")
+    _active.warn(message)
 
 
 def error(message: str) -> None:
-    stderr.print(f"[bold red]error[/]: {_escape(mask(message))}")
+    _active.error(message)
 
 
 def out(text: str) -> None:
     """Data on stdout (a Containerfile, a plan, JSON); masked too."""
-    sys.stdout.write(mask(text))
-    if not text.endswith("\n"):
-        sys.stdout.write("\n")
-    sys.stdout.flush()
+    _active.out(text)
 
 
 def plan(line: str) -> None:
     """One line of a dry run's plan: stdout for people, recorded for ``--json`` (where stdout
     carries only the JSON document and the line goes to stderr)."""
-    summary().plan.append(mask(line))
-    summary().used = True
-    if json_enabled():
-        info(line)
-    else:
-        out(line)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
+    _active.plan(line)
 
 
 # -- GitLab collapsible sections -------------------------------------------------------------
-
-_SECTION_NAME = re.compile(r"[^a-z0-9_.-]+")
-_sections: list[str] = []
-
 
 def section_name(text: str) -> str:
     """A valid GitLab section name (``[a-z0-9_.-]``) for ``text``: ``build app`` -> ``build_app``."""
@@ -177,21 +353,8 @@ def section(key: str, header: str, *, collapsed: bool = True) -> Iterator[None]:
     """Group the lines printed inside: a collapsible section in GitLab CI, a header line
     elsewhere. ``key`` becomes the section name (unique per run: nested sections get their
     parent's name as prefix)."""
-    header = mask(header)
-    if mode() != "ci":
-        step(header)
+    with _active.section(key, header, collapsed=collapsed):
         yield
-        return
-    name = section_name(key)
-    if _sections:
-        name = f"{_sections[-1]}.{name}"[:120]
-    _raw(section_start_line(name, f"kiln: {header}", int(time.time()), collapsed=collapsed))
-    _sections.append(name)
-    try:
-        yield
-    finally:
-        _sections.pop()
-        _raw(section_end_line(name, int(time.time())))
 
 
 def _raw(line: str) -> None:
@@ -205,96 +368,42 @@ def activity(text: str) -> Iterator[None]:
     """A long operation (a push, a copy): a spinner on a terminal; nothing elsewhere (the caller's
     own lines and sections say what happens). Lines printed meanwhile scroll above the spinner.
     """
-    if not live():
-        yield
-        return
-    with stderr.status(_escape(mask(text)), spinner="dots"):
+    with _active.activity(text):
         yield
 
 
 # -- the --json summary ------------------------------------------------------------------------
 
-@dataclass
-class Summary:
-    """What a task did, for ``--json``: one entry per image/tag touched, the dry-run plan."""
-
-    task: str = ""
-    dry_run: bool = False
-    results: list[dict[str, Any]] = field(default_factory=list)
-    plan: list[str] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-    used: bool = False
-    emitted: bool = False
-
-    def record(self, action: str, *, image: str, tag: str | None = None,
-               digest: str | None = None, **extra: Any) -> None:
-        """``action``: built, pushed, tagged, removed, copied, skipped, planned, failed ..."""
-        entry: dict[str, Any] = {"action": action, "image": image, "tag": tag, "digest": digest}
-        entry.update(extra)
-        with _LOCK:
-            self.results.append(entry)
-            self.used = True
-
-    def document(self, *, ok: bool, exit_code: int = 0, error: BaseException | None = None
-                 ) -> dict[str, Any]:
-        doc: dict[str, Any] = {
-            "task": self.task,
-            "ok": ok,
-            "exit_code": exit_code,
-            "dry_run": self.dry_run,
-            "results": self.results,
-        }
-        if self.dry_run or self.plan:
-            doc["plan"] = self.plan
-        doc.update(self.extra)
-        if error is not None:
-            doc["error"] = {"type": type(error).__name__,
-                            "message": str(getattr(error, "message", error)),
-                            "hint": getattr(error, "hint", None)}
-        return doc
-
-
-_state: dict[str, Any] = {"summary": Summary(), "json": False}
-
-
 def begin(task: str) -> Summary:
     """Start a task's summary (and forget the previous task's JSON mode)."""
-    _state["summary"] = Summary(task=task)
-    _state["json"] = False
-    return summary()
+    return _active.begin(task)
 
 
 def summary() -> Summary:
-    result: Summary = _state["summary"]
-    return result
+    """The current task's summary (call its methods: ``summary().mark_used()``)."""
+    return _active.summary
 
 
 def set_json(enabled: bool) -> None:
-    _state["json"] = bool(enabled)
+    _active.set_json(enabled)
 
 
 def json_enabled() -> bool:
-    return bool(_state["json"])
+    return _active.json
 
 
 def record(action: str, *, image: str, tag: str | None = None, digest: str | None = None,
            **extra: Any) -> None:
     """Record one thing the current task did (see :meth:`Summary.record`)."""
-    summary().record(action, image=image, tag=tag, digest=digest, **extra)
+    _active.summary.record(action, image=image, tag=tag, digest=digest, **extra)
 
 
 def emit_json(document: Mapping[str, Any]) -> None:
     """The JSON document on stdout (masked), once per task."""
-    summary().emitted = True
-    out(json.dumps(document, indent=2, sort_keys=False))
+    _active.emit_json(document)
 
 
 def finish(*, ok: bool, exit_code: int = 0, error: BaseException | None = None) -> None:
     """End of a task: with ``--json``, print the summary — always on failure, and on success
     when the task recorded something (tasks that print their own document are left alone)."""
-    current = summary()
-    if not json_enabled() or current.emitted:
-        return
-    if ok and not current.used:
-        return
-    emit_json(current.document(ok=ok, exit_code=exit_code, error=error))
+    _active.finish(ok=ok, exit_code=exit_code, error=error)

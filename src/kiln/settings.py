@@ -1,10 +1,15 @@
-"""One settings model for every task, session and CI job.
+"""One settings model for every task, session and CI job; each setting declared once.
 
 Layers, lowest to highest (as cibuildwheel does): built-in defaults < ``[tool.kiln]`` in the
-repository's ``pyproject.toml`` < environment (REFERENCE §3 variables, GitLab's ``CI_*`` and a
-``KILN_<NAME>`` variable for every setting) < task flags. The result is a frozen dataclass;
-:meth:`Settings.resolve` is pure (mappings in, settings out) so every rule is unit-testable
-without touching the disk; :func:`load_settings` is the one place that reads ``pyproject.toml``.
+repository's ``pyproject.toml`` < environment (the convention variables such as ``IMAGE_NAME``,
+GitLab's ``CI_*`` and a ``KILN_<NAME>`` variable for every setting) < task flags.
+
+Every setting is one :class:`Option` in :data:`OPTIONS` (as nox declares its options): name,
+kind, default, environment variables, help text and task flag. The :class:`Settings` fields take
+their defaults from it, and the environment lookup, the coercion of values and the help of the
+task flags (:mod:`kiln.tasks.common`) are derived from it, so a setting cannot be half-added.
+:meth:`Settings.resolve` is pure (mappings in, settings out); :func:`load_settings` is the one
+place that reads ``pyproject.toml``. The list for people: docs/settings.md.
 """
 
 from __future__ import annotations
@@ -13,25 +18,264 @@ import dataclasses
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from kiln.arch import host_arch, normalize_arch, parse_arches
 from kiln.ci_context import CIContext
+from kiln.credentials import parse_build_secret
 from kiln.errors import ConfigError, InputError
+from kiln.redact import Secret as Secret  # re-exported: older imports of kiln.settings.Secret
+
+Kind = Literal["str", "bool", "path", "arch", "arches", "list", "mapping", "secret", "registry",
+               "choice"]
 
 
-class Secret(str):
-    """A string that never shows itself in ``repr``/f-string debugging output.
+@dataclass(frozen=True)
+class Option:
+    """One setting: everything kiln knows about it, in one place.
 
-    ``str(secret)`` still yields the value (tools need it); ``repr`` is masked, so a settings
-    object can be logged safely.
+    ``env`` lists the convention variables after the generic ``KILN_<NAME>`` (the first one
+    set wins); ``fallback_env`` applies only when neither ``pyproject.toml`` nor ``env`` set the
+    value (``CI_REGISTRY_IMAGE``: GitLab's default, below the project's own choice). A path
+    default is relative to the project directory. ``check`` validates a coerced value (each
+    item of a list). ``flag`` is the task flag's name when it differs from ``name``;
+    ``negatable`` flags default to on and are turned off with ``--no-<flag>``.
     """
 
-    def __repr__(self) -> str:
-        return "Secret('***')"
+    name: str
+    kind: Kind
+    help: str
+    default: Any = None
+    default_factory: Callable[[], Any] | None = None
+    env: tuple[str, ...] = ()
+    fallback_env: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+    split_commas: bool = True
+    check: Callable[[Any], Any] | None = None
+    flag: str | None = None
+    negatable: bool = False
+
+    @property
+    def key(self) -> str:
+        """The key in ``[tool.kiln]``."""
+        return self.name.replace("_", "-")
+
+    @property
+    def flag_name(self) -> str:
+        """The task flag's parameter name (``json`` for ``json_output``)."""
+        return self.flag or self.name
+
+    @property
+    def env_names(self) -> tuple[str, ...]:
+        """The variables that set this option, highest precedence first."""
+        return ("KILN_" + self.name.upper(), *self.env)
+
+    @property
+    def task_help(self) -> str:
+        """The help of the task flag: the text and where else the value can come from."""
+        where = [*self.env_names, *self.fallback_env]
+        shown = " ".join(self.default) if isinstance(self.default, tuple) else self.default
+        default = "" if shown in (None, "") or self.kind == "bool" else f"; default {shown}"
+        return f"{self.help} (env {', '.join(where)}{default})"
+
+    def field(self) -> Any:
+        """The :class:`Settings` field: default (or factory) from this declaration."""
+        metadata = {"option": self}
+        if self.default_factory is not None:
+            return dataclasses.field(default_factory=self.default_factory, metadata=metadata)
+        if self.kind == "path" and self.default is not None:
+            return dataclasses.field(metadata=metadata)  # relative to the project: resolve()
+        if isinstance(self.default, Mapping):
+            frozen = dict(self.default)
+            return dataclasses.field(default_factory=lambda: dict(frozen), metadata=metadata)
+        return dataclasses.field(default=self.default, metadata=metadata)
+
+    def coerce(self, value: Any, source: str, project_dir: Path) -> Any:
+        """``value`` from ``source`` as this option's type, or a :class:`ConfigError` naming
+        the source and the option."""
+        try:
+            result = _COERCE[self.kind](self, value, project_dir)
+            if self.check is not None:
+                items = result if isinstance(result, tuple) else (result,)
+                for item in items:
+                    self.check(item)
+            return result
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{source}: invalid value for {self.name}: {exc}") from exc
+        except (ConfigError, InputError) as exc:
+            raise ConfigError(f"{source}: {exc.message}", hint=exc.hint) from exc
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+
+
+def validate_image_name(value: str, what: str = "image name") -> str:
+    """An image name is a single path component of a repository: no slashes, no ``..``."""
+    if not isinstance(value, str) or not _IMAGE_NAME.match(value):
+        raise ConfigError(
+            f"invalid {what} {value!r}",
+            hint="use lowercase letters, digits and . _ - (the name of a file builds/<name>.in)",
+        )
+    return value
+
+
+def _to_bool(option: Option, value: Any, project_dir: Path) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"expected true/false, got {value!r}")
+
+
+def _to_path(option: Option, value: Any, project_dir: Path) -> Path:
+    path = Path(str(value)).expanduser()
+    return path if path.is_absolute() else project_dir / path
+
+
+def _to_arches(option: Option, value: Any, project_dir: Path) -> tuple[str, ...]:
+    if isinstance(value, list | tuple):
+        value = " ".join(str(v) for v in value)
+    return parse_arches(str(value))
+
+
+def _to_list(option: Option, value: Any, project_dir: Path) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value.replace(",", " ") if option.split_commas else value).split()
+    if not isinstance(value, list | tuple):
+        raise ValueError("expected a list of strings")
+    return tuple(str(v) for v in value)
+
+
+def _to_mapping(option: Option, value: Any, project_dir: Path) -> dict[str, str]:
+    if isinstance(value, str):
+        pairs = [p for p in value.replace(",", " ").split() if p]
+        if any("=" not in p for p in pairs):
+            raise ValueError("expected NAME=value pairs")
+        value = dict(p.split("=", 1) for p in pairs)
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a table of NAME = value")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _to_registry(option: Option, value: Any, project_dir: Path) -> str:
+    text = str(value).strip().rstrip("/")
+    if "://" in text or any(c.isspace() for c in text) or not text:
+        example = text.split("://", 1)[1] if "://" in text else ""
+        if not example or any(c.isspace() for c in example):
+            example = "registry.example.com/group"
+        raise ValueError(f"{value!r} is not a registry prefix: expected "
+                         f"host[:port][/path] without a scheme, e.g. {example}")
+    return text
+
+
+def _to_choice(option: Option, value: Any, project_dir: Path) -> str:
+    text = str(value)
+    if text not in option.choices:
+        *first, last = option.choices
+        raise ValueError(f"expected {', '.join(first)} or {last}")
+    return text
+
+
+_COERCE: dict[str, Callable[[Option, Any, Path], Any]] = {
+    "str": lambda option, value, project_dir: str(value),
+    "bool": _to_bool,
+    "path": _to_path,
+    "arch": lambda option, value, project_dir: normalize_arch(str(value)),
+    "arches": _to_arches,
+    "list": _to_list,
+    "mapping": _to_mapping,
+    "secret": lambda option, value, project_dir: Secret(str(value)),
+    "registry": _to_registry,
+    "choice": _to_choice,
+}
+
+DRY_RUN_HELP = "print the plan (files, exact tool commands, registry operations); change nothing"
+JSON_HELP = ("print a machine-readable JSON summary on stdout (what was built/pushed/tagged: "
+             "image, tag, digest; ok / exit code / error); messages go to stderr")
+
+# Every setting, once. Order is the order of the Settings fields.
+OPTIONS: tuple[Option, ...] = (
+    Option("builds_dir", "path", "folder of the build files (<image>.in)", default="builds"),
+    Option("includes_dir", "path", "folder searched by #include", default="includes"),
+    Option("state_dir", "path", "kiln's working folder (build contexts, embedded registry)",
+           default=".kiln"),
+    Option("image", "str", "image name: builds/<IMAGE>.in", env=("IMAGE_NAME",),
+           check=validate_image_name),
+    Option("arch", "arch", "target architecture: amd64 arm64 ppc64le s390x (aliases such as "
+           "aarch64 work)", default_factory=host_arch, env=("IMAGE_ARCH",)),
+    Option("arches", "arches", "architectures, e.g. 'amd64 arm64'", default=(),
+           env=("IMAGE_ARCHES",)),
+    Option("registry", "registry", "registry prefix for our images, e.g. 127.0.0.1:5000 or "
+           "registry.gitlab.com/group/project; else the embedded local registry",
+           fallback_env=("CI_REGISTRY_IMAGE",)),
+    Option("upstream_registry", "registry", "registry of upstream images (FROM of our bases)",
+           default="docker.io"),
+    Option("public_registries", "list", "registries whose images count as public",
+           default=("quay.io", "docker.io")),
+    Option("base_image_tag", "str", "tag of our base images used in FROM", default="latest",
+           env=("BASE_IMAGE_TAG",)),
+    Option("buildah_image_tag", "str", "tag of the buildah image the CI jobs run in",
+           default="latest", env=("buildah_image_tag", "BUILDAH_IMAGE_TAG")),
+    Option("storage_driver", "str", "buildah storage driver (vfs, overlay)",
+           env=("STORAGE_DRIVER",)),
+    Option("storage_root", "path", "buildah storage root (--root)"),
+    Option("storage_runroot", "path", "buildah run root (--runroot)"),
+    Option("isolation", "choice", "buildah isolation", default="chroot",
+           env=("BUILDAH_ISOLATION",), choices=("chroot", "oci", "rootless")),
+    Option("image_format", "choice", "image format buildah writes", default="docker",
+           env=("BUILDAH_FORMAT",), choices=("docker", "oci")),
+    Option("layers", "bool", "keep buildah's layer cache", default=True),
+    Option("strict", "bool", "treat preprocessing warnings (shell '#' comments, cpp hazards) "
+           "as errors", default=False),
+    Option("ca_bundle", "path", "CA bundle for registries with a private CA"),
+    Option("tls_verify", "bool", "verify registries' TLS certificates", default=True),
+    Option("auth_file", "path", "registry auth file (containers-auth.json)",
+           env=("REGISTRY_AUTH_FILE",)),
+    Option("registry_user", "str", "registry user name", env=("CI_REGISTRY_USER",)),
+    Option("registry_password", "secret", "registry password (never printed)",
+           env=("CI_REGISTRY_PASSWORD",)),
+    Option("build_args", "mapping", "build args for every image (NAME=value)", default={}),
+    Option("mirror_config", "path", "mirror configuration file (default: mirrors.yml)"),
+    Option("dry_run", "bool", DRY_RUN_HELP, default=False),
+    Option("json_output", "bool", JSON_HELP, default=False, flag="json"),
+    # build engine (kiln.build): push after building (None = push when a registry is configured,
+    # in CI, or to the embedded local registry); build missing dependency images first; the
+    # build context (None = the project directory, so COPY paths are relative to the repo root).
+    Option("push", "bool", "push after building (default: to the configured registry, in CI, or "
+           "to the embedded local registry; --no-push keeps the image in local storage only)",
+           negatable=True),
+    Option("deps", "bool", "build our own base images first when their tag is missing in the "
+           "target (default on; --no-deps to never build them)", default=True, negatable=True),
+    Option("context_dir", "path", "build context (default: the project directory)"),
+    # registry client (kiln.registry): reach registries on 127.0.0.1/localhost over TLS too
+    # (by default loopback registries are plain HTTP, as the embedded local registry is).
+    Option("loopback_tls", "bool", "use TLS for registries on 127.0.0.1/localhost too",
+           default=False),
+    # offline upstream images (kiln.seed): the Debian mirror debootstrap downloads from.
+    Option("seed_debian_mirror", "str", "Debian mirror debootstrap downloads from",
+           default="http://deb.debian.org/debian"),
+    # secrets (kiln.credentials): build secrets mounted for RUN steps (``id=npm,env=NPM_TOKEN`` or
+    # ``id=pip,src=/path``: ``buildah build --secret``), and names of build args / ENV / LABEL
+    # that look like credentials but are not (false alarms of the credential check).
+    Option("build_secrets", "list", "build secrets for RUN steps (id=npm,env=NPM_TOKEN or "
+           "id=pip,src=/path; space separated)", default=(), split_commas=False,
+           check=parse_build_secret),
+    Option("secret_allow", "list", "names that look like credentials but are not",
+           default=()),
+)
+OPTION: Mapping[str, Option] = {option.name: option for option in OPTIONS}
+
+
+def _setting(name: str) -> Any:
+    return OPTION[name].field()
 
 
 @dataclass(frozen=True)
@@ -45,53 +289,45 @@ class ImageSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything a kiln task needs to know, resolved once."""
+    """Everything a kiln task needs to know, resolved once. The fields' defaults, help and
+    environment variables are in :data:`OPTIONS`."""
 
     project_dir: Path
-    builds_dir: Path
-    includes_dir: Path
-    state_dir: Path
-    image: str | None = None
-    arch: str = field(default_factory=host_arch)
-    arches: tuple[str, ...] = ()
-    registry: str | None = None
-    upstream_registry: str = "docker.io"
-    public_registries: tuple[str, ...] = ("quay.io", "docker.io")
-    base_image_tag: str = "latest"
-    buildah_image_tag: str = "latest"
-    storage_driver: str | None = None
-    storage_root: Path | None = None
-    storage_runroot: Path | None = None
-    isolation: str = "chroot"
-    image_format: str = "docker"
-    layers: bool = True
-    strict: bool = False
-    ca_bundle: Path | None = None
-    tls_verify: bool = True
-    auth_file: Path | None = None
-    registry_user: str | None = None
-    registry_password: Secret | None = None
-    build_args: Mapping[str, str] = field(default_factory=dict)
+    builds_dir: Path = _setting("builds_dir")
+    includes_dir: Path = _setting("includes_dir")
+    state_dir: Path = _setting("state_dir")
+    image: str | None = _setting("image")
+    arch: str = _setting("arch")
+    arches: tuple[str, ...] = _setting("arches")
+    registry: str | None = _setting("registry")
+    upstream_registry: str = _setting("upstream_registry")
+    public_registries: tuple[str, ...] = _setting("public_registries")
+    base_image_tag: str = _setting("base_image_tag")
+    buildah_image_tag: str = _setting("buildah_image_tag")
+    storage_driver: str | None = _setting("storage_driver")
+    storage_root: Path | None = _setting("storage_root")
+    storage_runroot: Path | None = _setting("storage_runroot")
+    isolation: str = _setting("isolation")
+    image_format: str = _setting("image_format")
+    layers: bool = _setting("layers")
+    strict: bool = _setting("strict")
+    ca_bundle: Path | None = _setting("ca_bundle")
+    tls_verify: bool = _setting("tls_verify")
+    auth_file: Path | None = _setting("auth_file")
+    registry_user: str | None = _setting("registry_user")
+    registry_password: Secret | None = _setting("registry_password")
+    build_args: Mapping[str, str] = _setting("build_args")
+    mirror_config: Path | None = _setting("mirror_config")
+    dry_run: bool = _setting("dry_run")
+    json_output: bool = _setting("json_output")
+    push: bool | None = _setting("push")
+    deps: bool = _setting("deps")
+    context_dir: Path | None = _setting("context_dir")
+    loopback_tls: bool = _setting("loopback_tls")
+    seed_debian_mirror: str = _setting("seed_debian_mirror")
+    build_secrets: tuple[str, ...] = _setting("build_secrets")
+    secret_allow: tuple[str, ...] = _setting("secret_allow")
     images: Mapping[str, ImageSettings] = field(default_factory=dict)
-    mirror_config: Path | None = None
-    dry_run: bool = False
-    json_output: bool = False
-    # build engine (kiln.build): push after building (None = push when a registry is configured,
-    # in CI, or to the embedded local registry); build missing dependency images first; the
-    # build context (None = the project directory, so COPY paths are relative to the repo root).
-    push: bool | None = None
-    deps: bool = True
-    context_dir: Path | None = None
-    # registry client (kiln.registry): reach registries on 127.0.0.1/localhost over TLS too
-    # (by default loopback registries are plain HTTP, as the embedded local registry is).
-    loopback_tls: bool = False
-    # offline upstream images (kiln.seed): the Debian mirror debootstrap downloads from.
-    seed_debian_mirror: str = "http://deb.debian.org/debian"
-    # secrets (kiln.secrets): build secrets mounted for RUN steps (``id=npm,env=NPM_TOKEN`` or
-    # ``id=pip,src=/path``: ``buildah build --secret``), and names of build args / ENV / LABEL
-    # that look like credentials but are not (false alarms of the credential check).
-    build_secrets: tuple[str, ...] = ()
-    secret_allow: tuple[str, ...] = ()
     ci: CIContext = field(default_factory=CIContext)
 
     # -- derived -------------------------------------------------------------------------
@@ -114,159 +350,57 @@ class Settings:
         env: Mapping[str, str] | None = None,
         flags: Mapping[str, Any] | None = None,
     ) -> Settings:
-        """Merge the layers; pure. ``config`` is the ``[tool.kiln]`` table."""
+        """Merge the layers; pure. ``config`` is the ``[tool.kiln]`` table; ``flags`` are keyed
+        by setting name (``None`` = not given)."""
         config = dict(config or {})
         env = dict(env or {})
         flags = {k: v for k, v in (flags or {}).items() if v is not None}
-        values: dict[str, Any] = {}
+        values: dict[str, tuple[str, Any]] = {}
 
         images_raw = config.pop("images", {})
         for key, value in config.items():
             name = key.replace("-", "_")
-            if name not in _SETTABLE:
+            if name not in OPTION:
                 raise ConfigError(
                     f"pyproject.toml [tool.kiln]: unknown setting {key!r}",
-                    hint=f"known settings: {', '.join(sorted(n.replace('_', '-') for n in _SETTABLE))}",
+                    hint=f"known settings: {', '.join(sorted(o.key for o in OPTIONS))}",
                 )
             values[name] = ("pyproject.toml [tool.kiln] " + key, value)
 
-        for name in _SETTABLE:
-            for var in _env_names(name):
-                if var in env and env[var].strip() != "":
-                    values[name] = (f"environment variable {var}", env[var])
+        for option in OPTIONS:
+            names = option.env_names if option.name in values else (
+                *option.env_names, *option.fallback_env)
+            for var in names:
+                if env.get(var, "").strip() != "":
+                    values[option.name] = (f"environment variable {var}", env[var])
                     break
-        if "registry" not in values and "CI_REGISTRY_IMAGE" in env and env["CI_REGISTRY_IMAGE"]:
-            values["registry"] = ("environment variable CI_REGISTRY_IMAGE", env["CI_REGISTRY_IMAGE"])
 
         for name, value in flags.items():
-            if name not in _SETTABLE:
+            if name not in OPTION:
                 raise ConfigError(f"unknown option {name!r}")
-            values[name] = (f"option --{name.replace('_', '-')}", value)
+            values[name] = (f"option --{OPTION[name].flag_name.replace('_', '-')}", value)
 
-        kwargs: dict[str, Any] = {}
-        for name, (source, value) in values.items():
-            kwargs[name] = _coerce(name, value, source, project_dir)
-
-        ci = CIContext.from_env(env)
-        kwargs.setdefault("registry_user", ci.registry_user)
-        kwargs["images"] = _parse_images(images_raw)
-        defaults = {
-            "builds_dir": project_dir / "builds",
-            "includes_dir": project_dir / "includes",
-            "state_dir": project_dir / ".kiln",
+        kwargs: dict[str, Any] = {
+            option.name: option.coerce(option.default, "default", project_dir)
+            for option in OPTIONS if option.kind == "path" and option.default is not None
         }
-        for key, default in defaults.items():
-            kwargs.setdefault(key, default)
-        if "image" in kwargs:
-            kwargs["image"] = validate_image_name(kwargs["image"], "image name")
-        return cls(project_dir=project_dir, ci=ci, **kwargs)
+        for name, (source, value) in values.items():
+            kwargs[name] = OPTION[name].coerce(value, source, project_dir)
+        return cls(project_dir=project_dir, ci=CIContext.from_env(env),
+                   images=_parse_images(images_raw), **kwargs)
 
 
-# Settings a user may set, and the environment variables that set each (first wins).
-_ENV_ALIASES: dict[str, tuple[str, ...]] = {
-    "image": ("IMAGE_NAME",),
-    "arch": ("IMAGE_ARCH",),
-    "arches": ("IMAGE_ARCHES",),
-    "base_image_tag": ("BASE_IMAGE_TAG",),
-    "buildah_image_tag": ("buildah_image_tag", "BUILDAH_IMAGE_TAG"),
-    "storage_driver": ("STORAGE_DRIVER",),
-    "isolation": ("BUILDAH_ISOLATION",),
-    "image_format": ("BUILDAH_FORMAT",),
-    "auth_file": ("REGISTRY_AUTH_FILE",),
-    "registry_user": ("CI_REGISTRY_USER",),
-    "registry_password": ("CI_REGISTRY_PASSWORD",),
-}
-_SETTABLE = tuple(
-    f.name for f in dataclasses.fields(Settings) if f.name not in {"project_dir", "ci", "images"}
-)
+def _check_declarations() -> None:
+    """Every :class:`Settings` field but the context ones is declared in :data:`OPTIONS`, and
+    the other way round (a setting cannot be half-added)."""
+    declared = {f.name for f in dataclasses.fields(Settings) if "option" in f.metadata}
+    others = {f.name for f in dataclasses.fields(Settings)} - declared
+    if declared != set(OPTION) or others != {"project_dir", "images", "ci"}:
+        raise TypeError(f"Settings fields and OPTIONS differ: {sorted(declared ^ set(OPTION))}, "
+                        f"undeclared {sorted(others - {'project_dir', 'images', 'ci'})}")
 
 
-def _env_names(name: str) -> tuple[str, ...]:
-    return ("KILN_" + name.upper(), *_ENV_ALIASES.get(name, ()))
-
-
-_PATH_FIELDS = {
-    "builds_dir", "includes_dir", "state_dir", "ca_bundle", "auth_file", "mirror_config",
-    "storage_root", "storage_runroot", "context_dir",
-}
-_BOOL_FIELDS = {"layers", "strict", "tls_verify", "dry_run", "json_output", "push", "deps",
-                "loopback_tls"}
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-_IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
-
-
-def validate_image_name(value: str, what: str = "image name") -> str:
-    """An image name is a single path component of a repository: no slashes, no ``..``."""
-    if not isinstance(value, str) or not _IMAGE_NAME.match(value):
-        raise ConfigError(
-            f"invalid {what} {value!r}",
-            hint="use lowercase letters, digits and . _ - (the name of a file builds/<name>.in)",
-        )
-    return value
-
-
-def _coerce(name: str, value: Any, source: str, project_dir: Path) -> Any:
-    try:
-        if name in _BOOL_FIELDS:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in _TRUE:
-                return True
-            if text in _FALSE:
-                return False
-            raise ValueError(f"expected true/false, got {value!r}")
-        if name in _PATH_FIELDS:
-            path = Path(str(value)).expanduser()
-            return path if path.is_absolute() else project_dir / path
-        if name == "arch":
-            return normalize_arch(str(value))
-        if name == "arches":
-            if isinstance(value, list | tuple):
-                value = " ".join(str(v) for v in value)
-            return parse_arches(str(value))
-        if name == "build_secrets":
-            if isinstance(value, str):
-                value = value.split()
-            from kiln.secrets import parse_build_secret
-
-            return tuple(str(v) for v in value if parse_build_secret(str(v)))
-        if name == "secret_allow":
-            if isinstance(value, str):
-                value = value.replace(",", " ").split()
-            return tuple(str(v) for v in value)
-        if name == "public_registries":
-            if isinstance(value, str):
-                value = value.replace(",", " ").split()
-            return tuple(str(v) for v in value)
-        if name == "build_args":
-            if isinstance(value, str):
-                pairs = [p for p in value.replace(",", " ").split() if p]
-                value = dict(p.split("=", 1) for p in pairs)
-            if not isinstance(value, Mapping):
-                raise ValueError("expected a table of NAME = value")
-            return {str(k): str(v) for k, v in value.items()}
-        if name == "registry_password":
-            return Secret(str(value))
-        if name in {"registry", "upstream_registry"}:
-            text = str(value).strip().rstrip("/")
-            if "://" in text or any(c.isspace() for c in text) or not text:
-                example = text.split("://", 1)[1] if "://" in text else ""
-                if not example or any(c.isspace() for c in example):
-                    example = "registry.example.com/group"
-                raise ValueError(f"{value!r} is not a registry prefix: expected "
-                                 f"host[:port][/path] without a scheme, e.g. {example}")
-            return text
-        if name == "isolation" and str(value) not in {"chroot", "oci", "rootless"}:
-            raise ValueError("expected chroot, oci or rootless")
-        if name == "image_format" and str(value) not in {"docker", "oci"}:
-            raise ValueError("expected docker or oci")
-        return str(value)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{source}: invalid value for {name}: {exc}") from exc
-    except (ConfigError, InputError) as exc:
-        raise ConfigError(f"{source}: {exc.message}", hint=exc.hint) from exc
+_check_declarations()
 
 
 def _parse_images(raw: Any) -> dict[str, ImageSettings]:
