@@ -1,0 +1,177 @@
+"""The house rules that keep kiln one house (docs/architecture.md), as tests.
+
+- The import contract in ``pyproject.toml`` ([tool.importlinter]) holds: core <- adapters <-
+  orchestration <- entry points, and core imports no httpx, rich, subprocess or adapter.
+- There is no import cycle among kiln's modules (a cycle makes "which layer is this" meaningless).
+- Importing a core module does not drag the HTTP stack or the terminal along.
+- The repository cites only its own documents (``docs/``), never a file outside it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import grimp
+import pytest
+from importlinter import configuration
+from importlinter.application.use_cases import lint_imports
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = REPO_ROOT / "pyproject.toml"
+
+
+def _contracts() -> list[dict[str, object]]:
+    config = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))
+    contracts: list[dict[str, object]] = config["tool"]["importlinter"]["contracts"]
+    return contracts
+
+
+def _core_modules() -> list[str]:
+    for contract in _contracts():
+        if contract["id"] == "core-has-no-io":
+            modules = contract["source_modules"]
+            assert isinstance(modules, list)
+            return [str(name) for name in modules]
+    raise AssertionError("pyproject.toml lost the core-has-no-io contract")
+
+
+# -- the import contract ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("contract_id", [str(c["id"]) for c in _contracts()])
+def test_import_contract_holds(contract_id: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``lint-imports`` in-process, one contract at a time; the failure shows its report."""
+    configuration.configure()  # what the lint-imports command does first
+    kept = lint_imports(config_filename=str(PYPROJECT), limit_to_contracts=(contract_id,),
+                        cache_dir=None, no_logo=True)
+    report = capsys.readouterr().out
+    assert kept, f"import contract {contract_id!r} is broken:\n{report}"
+
+
+# -- no import cycles ---------------------------------------------------------------------------
+
+def _strongly_connected(graph: grimp.ImportGraph, modules: set[str]) -> Iterator[list[str]]:
+    """Tarjan's algorithm over the direct imports between ``modules`` (iterative: no recursion limit)."""
+    index: dict[str, int] = {}
+    lowlink: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    counter = 0
+    for root in sorted(modules):
+        if root in index:
+            continue
+        work: list[tuple[str, Iterator[str]]] = []
+        index[root] = lowlink[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        work.append((root, iter(sorted(graph.find_modules_directly_imported_by(root) & modules))))
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = lowlink[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append(
+                        (child, iter(sorted(graph.find_modules_directly_imported_by(child) & modules))))
+                elif child in on_stack:
+                    lowlink[node] = min(lowlink[node], index[child])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                lowlink[parent] = min(lowlink[parent], lowlink[node])
+            if lowlink[node] == index[node]:
+                component: list[str] = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    yield sorted(component)
+
+
+def _cycle_through(graph: grimp.ImportGraph, component: list[str]) -> list[str]:
+    """One concrete cycle inside a strongly connected component, for a readable failure."""
+    members = set(component)
+    start = component[0]
+    for successor in sorted(graph.find_modules_directly_imported_by(start) & members):
+        path = graph.find_shortest_chain(importer=successor, imported=start)
+        if path is not None and set(path) <= members:
+            return [start, *path]
+    return component
+
+
+def test_no_import_cycle_among_kiln_modules() -> None:
+    graph = grimp.build_graph("kiln", cache_dir=None)
+    modules = {name for name in graph.modules if name == "kiln" or name.startswith("kiln.")}
+    cycles = [_cycle_through(graph, component) for component in _strongly_connected(graph, modules)]
+    assert not cycles, "import cycles (break each one; see docs/architecture.md):\n" + "\n".join(
+        "  " + " -> ".join(cycle) for cycle in cycles)
+
+
+def test_cycle_finder_finds_a_known_cycle() -> None:
+    graph = grimp.ImportGraph()
+    for name in ("pkg", "pkg.a", "pkg.b", "pkg.c", "pkg.d"):
+        graph.add_module(name)
+    graph.add_import(importer="pkg.a", imported="pkg.b")
+    graph.add_import(importer="pkg.b", imported="pkg.c")
+    graph.add_import(importer="pkg.c", imported="pkg.a")
+    graph.add_import(importer="pkg.d", imported="pkg.a")
+    found = list(_strongly_connected(graph, set(graph.modules)))
+    assert found == [["pkg.a", "pkg.b", "pkg.c"]]
+    assert _cycle_through(graph, found[0]) == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]
+
+
+# -- what importing core costs ------------------------------------------------------------------
+
+@pytest.mark.tool
+@pytest.mark.parametrize("module", _core_modules())
+def test_importing_core_loads_no_http_or_terminal_stack(module: str) -> None:
+    """A fresh interpreter: ``import kiln.tag_policy`` (and every core module) leaves httpx and rich out."""
+    probe = (f"import sys, {module}; "
+             "loaded = sorted(m for m in ('httpx', 'rich') if m in sys.modules); "
+             "print(','.join(loaded)); sys.exit(1 if loaded else 0)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, f"import {module} loaded: {done.stdout.strip()}{done.stderr[-2000:]}"
+
+
+# -- documents cited ----------------------------------------------------------------------------
+
+# Spelled in pieces so this file does not cite them itself.
+OUTSIDE_DOCUMENTS = ("REFERENCE" + ".md", "REFERENCE" + " §", "../" + "shared")
+NOT_OURS = {".git", ".nox", ".venv", ".kiln", "__pycache__", ".mypy_cache", ".ruff_cache",
+            ".pytest_cache", ".gitlab-ci-local", "build", "node_modules"}
+
+
+def _repository_text_files() -> Iterator[Path]:
+    for path in sorted(REPO_ROOT.rglob("*")):
+        relative = path.relative_to(REPO_ROOT)
+        if any(part in NOT_OURS or part.endswith(".egg-info") for part in relative.parts):
+            continue
+        if not path.is_file() or path.stat().st_size > 2_000_000:
+            continue
+        data = path.read_bytes()
+        if b"\0" in data[:8192]:
+            continue
+        yield path
+
+
+def test_repository_cites_no_document_outside_it() -> None:
+    citations = []
+    for path in _repository_text_files():
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        for number, line in enumerate(text.splitlines(), start=1):
+            if any(needle in line for needle in OUTSIDE_DOCUMENTS):
+                citations.append(f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()[:120]}")
+    assert not citations, ("cite docs/ instead of documents outside the repository:\n"
+                           + "\n".join(citations))
