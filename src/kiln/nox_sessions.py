@@ -80,6 +80,8 @@ def lint(session: Session) -> None:
     if "mypy" in config.get("tool", {}):
         _require(session, "mypy", "pip install mypy  (or: pip install -e '.[test]')")
         session.run("mypy")
+    if "importlinter" in config.get("tool", {}):  # the import contract, docs/architecture.md
+        session.run("lint-imports")
     session.run(sys.executable, "-m", "kiln.ci_schema")
     _hadolint(session, project)
     tasks = _invoke_tasks(session)
