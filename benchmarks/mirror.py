@@ -15,7 +15,7 @@ For every run the source registry's access log gives manifest GETs (pulls), mani
     PYTHONPATH=src python benchmarks/mirror.py [--images 6] [--output benchmarks/results/mirror.txt]
 
 Note: skopeo keeps a blob-info cache (``/var/lib/containers/cache`` for root) that makes its blob
-request counts vary between runs (REFERENCE §8); manifest counts are stable. kiln's cold copy is
+request counts vary between runs (docs/host-facts.md); manifest counts are stable. kiln's cold copy is
 skopeo underneath, so its blob counts vary the same way.
 """
 

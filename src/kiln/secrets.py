@@ -1,6 +1,6 @@
 """Keeping credentials out of images: refuse them before a build, find them in a built image.
 
-REFERENCE §2: "Container images never contain secrets: no credentials in build args, ENV, labels
+docs/includes.md: "Container images never contain secrets: no credentials in build args, ENV, labels
 or layers." Build args are recorded in the image's history, ENV and LABEL values in its config:
 anyone who can pull the image can read them. So kiln refuses, before anything is built:
 

@@ -121,7 +121,7 @@ def manifest(c: Any, image: str | None = None, registry: str | None = None,
 @reports_errors
 def tag(c: Any, image: str | None = None, registry: str | None = None,
         dry_run: bool = False, json: bool = False) -> None:
-    """Tag p-<id> for this pipeline: g-<id>, latest, <git tag>, mr-<iid> (REFERENCE §4)."""
+    """Tag p-<id> for this pipeline: g-<id>, latest, <git tag>, mr-<iid> (docs/tags.md)."""
     settings = settings_for(image=image, registry=registry, dry_run=flag(dry_run),
                             json_output=flag(json))
     _promote(settings, "tag", tags_for(settings.ci))
