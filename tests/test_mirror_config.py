@@ -180,3 +180,132 @@ def test_repository_example_is_valid() -> None:
     debian = next(i for i in config.images if i.source.repository == "library/debian")
     # what build files reach as ${UPSTREAM_REGISTRY}/library/debian:bookworm
     assert str(debian.destination) == "127.0.0.1:5000/mirror/library/debian:bookworm"
+
+
+# -- tag sets (tags:) --------------------------------------------------------------------------
+
+def test_tag_set_entry() -> None:
+    config = parse("images:\n"
+                   "  - postgres:alpine\n"
+                   "  - source: docker.io/node\n"
+                   "    tags:\n"
+                   "      semver: '>=16 <17'\n"
+                   "      regex: ['^16\\.', '^lts$']\n"
+                   "      exclude: -rc\n"
+                   "      newest: 3\n"
+                   "  - source: quay.io/org/app\n"
+                   "    destination: other.example.com/apps/app\n"
+                   "    tags: all\n")
+    assert [str(i.source) for i in config.images] == ["docker.io/library/postgres:alpine"]
+    node, app = config.tag_sets
+    assert str(node.source) == "docker.io/library/node"  # short name normalised
+    assert str(node.destination) == "registry.example.com/group/project/mirror/library/node"
+    assert node.rule.semver == ">=16 <17" and node.rule.regex == (r"^16\.", "^lts$")
+    assert node.rule.exclude == ("-rc",) and node.rule.newest == 3
+    assert node.position.line == 3 and not node.explicit_destination
+    assert app.rule.selects_all and app.explicit_destination
+    image = app.image("v1", "every tag")
+    assert str(image.source) == "quay.io/org/app:v1"
+    assert str(image.destination) == "other.example.com/apps/app:v1"
+    assert image.selected_by == "every tag" and image.position == app.position
+
+
+def test_semver_written_as_a_number_is_a_range() -> None:
+    config = parse("images:\n  - source: node\n    tags: {semver: 16.2}\n")
+    assert config.tag_sets[0].rule.semver == "16.2"  # YAML's float 16.2, taken as written
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # the column of the offending character itself: '(' of '(16'
+    ("images:\n  - source: node\n    tags: {regex: '(16'}\n",
+     "mirrors.yml:3:20: tags.regex: regex '(16' does not compile: missing ), unterminated "
+     "subpattern at character 1"),
+    ("images:\n  - source: node\n    tags:\n      regex: [ok, '[z']\n",
+     "mirrors.yml:4:20: tags.regex: regex '[z' does not compile"),
+    ("images:\n  - source: node\n    tags:\n      regex: ab(c\n",
+     "mirrors.yml:4:16: tags.regex: regex 'ab(c' does not compile"),
+    ("images:\n  - source: node\n    tags: {semver: '>=16 <<17'}\n",
+     "mirrors.yml:3:20: tags.semver: semver range '>=16 <<17' does not parse"),
+    ("images:\n  - source: node\n    tags: {newest: 0}\n",
+     "mirrors.yml:3:20: tags.newest: newest must be 1 or more, not 0"),
+    ("images:\n  - source: node\n    tags: {newest: -2}\n",
+     "mirrors.yml:3:20: tags.newest: newest must be 1 or more, not -2"),
+    ("images:\n  - source: node\n    tags: {newest: three}\n",
+     "mirrors.yml:3:20: tags.newest must be a whole number"),
+    ("images:\n  - source: node\n    tags: {semver: }\n",
+     "mirrors.yml:3:19: tags.semver must be a non-empty string"),
+    ("images:\n  - source: node\n    tags: {}\n",
+     "mirrors.yml:3:11: tags is empty"),
+    ("images:\n  - source: node\n    tags: every\n",
+     "mirrors.yml:3:11: tags must be 'all' or a mapping"),
+    ("images:\n  - source: node\n    tags: {sem: 1}\n",
+     "mirrors.yml:3:12: unknown key 'sem' in tags"),
+    ("images:\n  - source: node:16\n    tags: all\n",
+     "mirrors.yml:2:13: with 'tags:', the source names a repository: drop ':16'"),
+    ("images:\n  - source: node\n    destination: r.example.com/node:16\n    tags: all\n",
+     "mirrors.yml:3:18: with 'tags:', the destination names a repository"),
+])
+def test_bad_tag_rules_point_at_the_mistake(text: str, expected: str) -> None:
+    assert expected in error_of(text)
+
+
+def test_bad_rules_reported_together_and_nothing_returned() -> None:
+    message = error_of("images:\n"
+                       "  - source: a\n    tags: {regex: '['}\n"
+                       "  - source: b\n    tags: {semver: 'x y'}\n"
+                       "  - source: c\n    tags: {newest: 0}\n")
+    assert "3 problems" in message
+    assert [line.strip().split(": ")[0] for line in message.splitlines()[1:4]] == [
+        "mirrors.yml:3:20", "mirrors.yml:5:20", "mirrors.yml:7:20"]
+
+
+def test_tag_set_destination_repository_must_be_its_own() -> None:
+    message = error_of("destination: r.example.com/m\nimages:\n"
+                       "  - source: node\n    tags: all\n"
+                       "  - source: quay.io/x/node\n    destination: r.example.com/m/library/node\n"
+                       "    tags: all\n", {})
+    assert "mirrors.yml:5:5: destination repository r.example.com/m/library/node also receives " \
+           "docker.io/library/node (entry at line 3)" in message
+    # the same source as a set and a single tag is fine (the expansion mirrors the tag once)
+    config = parse("images:\n  - node:16\n  - source: node\n    tags: all\n")
+    assert len(config.images) == 1 and len(config.tag_sets) == 1
+    # a single tag from another source into a set's repository is not
+    assert "also receives" in error_of("destination: r.example.com/m\nimages:\n"
+                                       "  - source: node\n    tags: all\n"
+                                       "  - source: quay.io/x/node:1\n"
+                                       "    destination: r.example.com/m/library/node:1\n", {})
+
+
+def test_lint_mode_tag_set_with_unset_destination() -> None:
+    config = parse("images:\n  - source: node\n    tags: all\n", {}, require_destination=False)
+    assert config.tag_sets[0].destination is None
+    assert config.tag_sets[0].destination_text == "${REGISTRY}/mirror/library/node"
+    assert config.tag_sets[0].image("16").destination_text == "${REGISTRY}/mirror/library/node:16"
+
+
+def test_mirrored_lookup_through_tag_sets() -> None:
+    config = parse("images:\n  - source: node\n    tags: {semver: '^16'}\n")
+    found = config.mirrored(parse_reference("docker.io/node:16.2.0"))
+    assert found is not None and str(found.source) == "docker.io/library/node:16.2.0"
+    assert found.position.line == 2
+    assert config.mirrored(parse_reference("node:17.0.0")) is None
+    assert config.mirrored(parse_reference(f"node@{PIN}")) is None
+
+
+# -- Docker Hub names: one normalisation (kiln.registry.reference) ----------------------------
+
+@pytest.mark.parametrize("spelling", [
+    "alpine", "docker.io/alpine", "index.docker.io/alpine", "registry-1.docker.io/alpine",
+    "docker.io/library/alpine", "index.docker.io/library/alpine", "library/alpine"])
+def test_docker_hub_spellings_are_one_image(spelling: str) -> None:
+    assert str(parse_reference(spelling + ":3")) == "docker.io/library/alpine:3"
+    config = parse(f"images: ['{spelling}:3']\n")
+    assert str(config.images[0].source) == "docker.io/library/alpine:3"
+
+
+def test_normalize_keeps_other_registries() -> None:
+    from kiln.registry.reference import ImageRef, normalize
+
+    assert normalize(ImageRef("quay.io", "alpine", "3")) == ImageRef("quay.io", "alpine", "3")
+    assert normalize(ImageRef("docker.io", "alpine")) == ImageRef("docker.io", "library/alpine")
+    assert str(parse_reference("docker.io/bitnami/redis:7")) == "docker.io/bitnami/redis:7"

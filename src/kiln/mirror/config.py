@@ -1,4 +1,4 @@
-"""``mirrors.yml``: which upstream images to mirror, and where to.
+r"""``mirrors.yml``: which upstream images to mirror, and where to.
 
 Schema (every key except ``images`` is optional; unknown keys are errors, reported with
 ``file:line:column`` like every other mistake in the file)::
@@ -21,10 +21,21 @@ Schema (every key except ``images`` is optional; unknown keys are errors, report
       - source: docker.io/library/debian:bookworm@sha256:<64 hex>   # pinned digest
       - source: library/busybox:latest
         destination: registry.example.com/x/busybox:stable            # explicit destination
+      - source: node                                 # a tag set: a repository and a rule
+        tags:
+          semver: ">=16 <17"     # npm range; tags that are not semver versions are ignored
+          regex: '^16\.'         # and/or: a pattern (or list) a tag must match (re.search)
+          exclude: '-rc'         # a pattern (or list) that drops a tag
+          newest: 3              # keep the 3 newest (semver order, else the tag list's order)
+      - source: quay.io/prometheus/busybox
+        tags: all                # the whole repository
 
 Sources follow Docker's reference rules (``postgres:alpine`` is
 ``docker.io/library/postgres:alpine``; no tag means ``latest``); a pinned source also needs its
-tag, which is what the destination gets tagged with. ``${NAME}`` and ``${NAME:-default}`` expand
+tag, which is what the destination gets tagged with. A source with ``tags:`` names a repository
+(no tag, no digest); its explicit destination, if any, is a repository too, and every selected tag
+keeps its name there. What a rule selects is decided at run time from the source's tag list
+(:mod:`kiln.mirror.tagsets`), which costs no pull. ``${NAME}`` and ``${NAME:-default}`` expand
 from the given variables: ``REGISTRY`` (kiln's destination registry setting) and the
 environment (``CI_REGISTRY_IMAGE``, ...).
 
@@ -42,21 +53,26 @@ from pathlib import Path
 import yaml
 
 from kiln.errors import ConfigError, InputError
+from kiln.mirror.tagsets import RuleError, TagRule
 from kiln.registry.reference import (
-    DOCKER_HUB,
+    DOCKER_HUB_HOSTS,
     ImageRef,
+    normalize,
     parse_reference,
     split_repository,
     validate_repository,
 )
 
+__all__ = ["DOCKER_HUB_HOSTS", "MirrorConfig", "MirrorImage", "MirrorSet", "Position",
+           "RateLimitPolicy", "config_path", "expand", "load_config", "parse_config"]
+
 DEFAULT_CONFIG = "mirrors.yml"
 DEFAULT_DESTINATION = "${REGISTRY}/mirror"
-DOCKER_HUB_HOSTS = frozenset({DOCKER_HUB, "index.docker.io", "registry-1.docker.io"})
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _TOP_KEYS = ("destination", "approved-registries", "jobs", "retries", "ratelimit", "images")
-_IMAGE_KEYS = ("source", "destination")
+_IMAGE_KEYS = ("source", "destination", "tags")
+_RULE_KEYS = ("regex", "exclude", "semver", "newest")
 _RATELIMIT_KEYS = ("floor", "max-wait", "poll-interval")
 
 
@@ -91,6 +107,7 @@ class MirrorImage:
     source_text: str
     destination_text: str  # as written (or derived from the default prefix), unexpanded
     explicit_destination: bool
+    selected_by: str = ""  # for a tag of a tag set: why the rule selected it
 
     @property
     def tag(self) -> str:
@@ -108,17 +125,47 @@ class MirrorImage:
 
 
 @dataclass(frozen=True)
+class MirrorSet:
+    """A source repository and the rule that picks its tags (``tags:``); each selected tag
+    becomes a :class:`MirrorImage` once the runner has listed the repository's tags."""
+
+    source: ImageRef  # repository only: no tag, no digest
+    destination: ImageRef | None  # repository only; None when a variable in it is unset (lint)
+    rule: TagRule
+    position: Position
+    source_text: str
+    destination_text: str  # repository as written (or derived from the prefix), unexpanded
+    explicit_destination: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.source.name} ({self.rule.describe()})"
+
+    def image(self, tag: str, selected_by: str = "") -> MirrorImage:
+        """The image this set mirrors for one of its tags."""
+        source = ImageRef(self.source.host, self.source.repository, tag, None)
+        destination = None
+        if self.destination is not None:
+            destination = ImageRef(self.destination.host, self.destination.repository, tag, None)
+        return MirrorImage(source, destination, self.position, f"{self.source_text}:{tag}",
+                           f"{self.destination_text}:{tag}", self.explicit_destination,
+                           selected_by)
+
+
+@dataclass(frozen=True)
 class MirrorConfig:
     path: str
-    images: tuple[MirrorImage, ...]
+    images: tuple[MirrorImage, ...]  # the entries with one tag (or a pinned digest)
     destination_prefix: str  # unexpanded template
     approved_registries: tuple[str, ...] = ()
     jobs: int = 4
     retries: int = 3
     ratelimit: RateLimitPolicy = RateLimitPolicy()
+    tag_sets: tuple[MirrorSet, ...] = ()  # the entries with ``tags:``
 
     def mirrored(self, ref: ImageRef) -> MirrorImage | None:
-        """The config entry that mirrors ``ref`` (same repository and tag), if any."""
+        """The config entry that mirrors ``ref`` (same repository and tag), if any. For a tag
+        set, "mirrors" means its filters keep the tag (``newest`` needs the live tag list)."""
         ref = normalize(ref)
         tag = ref.tag or (None if ref.digest else "latest")
         for image in self.images:
@@ -128,16 +175,13 @@ class MirrorConfig:
                 return image
             if tag is None and ref.digest == image.source.digest:
                 return image
+        if tag is None:
+            return None
+        for tag_set in self.tag_sets:
+            if (tag_set.source.host, tag_set.source.repository) == (ref.host, ref.repository) \
+                    and tag_set.rule.admits(tag):
+                return tag_set.image(tag, tag_set.rule.describe())
         return None
-
-
-def normalize(ref: ImageRef) -> ImageRef:
-    """Docker's normalisation that ``parse_reference`` leaves to callers for explicit hosts:
-    ``index.docker.io/alpine`` and ``docker.io/alpine`` are ``docker.io/library/alpine``."""
-    if ref.host in DOCKER_HUB_HOSTS:
-        repository = ref.repository if "/" in ref.repository else f"library/{ref.repository}"
-        return ImageRef(DOCKER_HUB, repository, ref.tag, ref.digest)
-    return ref
 
 
 class _Errors:
@@ -147,8 +191,11 @@ class _Errors:
         self.path = path
         self.found: list[tuple[int, int, str]] = []
 
-    def at(self, node: yaml.Node, message: str) -> None:
+    def at(self, node: yaml.Node, message: str, column: int | None = None) -> None:
+        """Record ``message`` at ``node`` (or at ``column`` of its line, when known better)."""
         pos = self.pos(node)
+        if column is not None:
+            pos = Position(pos.path, pos.line, column)
         self.found.append((pos.line, pos.column, f"{pos}: {message}"))
 
     @property
@@ -253,32 +300,51 @@ def parse_config(text: str, path: str | Path, variables: Mapping[str, str], *,
             errors.at(prefix_node, f"invalid destination prefix {expanded_prefix!r}: {exc.message}")
 
     images: list[MirrorImage] = []
+    tag_sets: list[MirrorSet] = []
     if "images" not in top:
         errors.at(root, "missing 'images:' (the list of upstream images to mirror)")
     elif not isinstance(top["images"], yaml.SequenceNode) or not top["images"].value:
         errors.at(top["images"], "images must be a non-empty list")
     else:
         seen: dict[str, Position] = {}
+        # destination repository -> (source repository, entry position): a repository fed by
+        # two sources through a tag set could get one tag from both
+        feeds: dict[str, tuple[str, Position, bool]] = {}
         for item in top["images"].value:
-            image = _image(item, errors, variables, prefix, prefix_ref, prefix_missing,
+            entry = _entry(item, errors, variables, prefix, prefix_ref, prefix_missing,
                            require_destination)
-            if image is None:
+            if entry is None:
                 continue
-            if image.destination is not None:
-                key = f"{image.destination.name}:{image.destination.tag}"
-                if key in seen:
-                    errors.at(item, f"destination {key} is also the destination of the entry at "
-                              f"line {seen[key].line}")
+            if entry.destination is not None:
+                is_set = isinstance(entry, MirrorSet)
+                repo = entry.destination.name
+                fed = feeds.get(repo)
+                if fed is not None and fed[0] != entry.source.name and (is_set or fed[2]):
+                    errors.at(item, f"destination repository {repo} also receives "
+                              f"{fed[0]} (entry at line {fed[1].line}); a tag set needs a "
+                              "destination repository of its own")
                     continue
-                seen[key] = image.position
-            images.append(image)
+                if fed is None or is_set:
+                    feeds[repo] = (entry.source.name, entry.position, is_set)
+                if isinstance(entry, MirrorImage):
+                    key = f"{repo}:{entry.destination.tag}"
+                    if key in seen:
+                        errors.at(item, f"destination {key} is also the destination of the entry "
+                                  f"at line {seen[key].line}")
+                        continue
+                    seen[key] = entry.position
+            if isinstance(entry, MirrorSet):
+                tag_sets.append(entry)
+            else:
+                images.append(entry)
     _raise(errors)
-    return MirrorConfig(where, tuple(images), prefix, tuple(approved), jobs, retries, policy)
+    return MirrorConfig(where, tuple(images), prefix, tuple(approved), jobs, retries, policy,
+                        tuple(tag_sets))
 
 
-def _image(node: yaml.Node, errors: _Errors, variables: Mapping[str, str], prefix: str,
+def _entry(node: yaml.Node, errors: _Errors, variables: Mapping[str, str], prefix: str,
            prefix_ref: tuple[str, str] | None, prefix_missing: list[str],
-           require_destination: bool) -> MirrorImage | None:
+           require_destination: bool) -> MirrorImage | MirrorSet | None:
     fields: dict[str, yaml.Node]
     if isinstance(node, yaml.ScalarNode):
         fields = {"source": node}
@@ -302,13 +368,15 @@ def _image(node: yaml.Node, errors: _Errors, variables: Mapping[str, str], prefi
     except InputError as exc:
         errors.at(fields["source"], f"invalid source: {exc.message}")
         return None
+    if "tags" in fields:
+        return _tag_set(node, fields, source, text, errors, variables, prefix, prefix_ref,
+                        prefix_missing, require_destination)
     if source.tag is None:
         if source.digest is not None:
             errors.at(fields["source"], f"pinned source {text!r} needs its tag too "
                       "(name:tag@sha256:...): the tag is what the mirror is tagged with")
             return None
         source = ImageRef(source.host, source.repository, "latest", None)
-    source = normalize(source)
 
     position = errors.pos(node)
     if "destination" in fields:
@@ -350,6 +418,138 @@ def _image(node: yaml.Node, errors: _Errors, variables: Mapping[str, str], prefi
     repository = f"{base}/{source.repository}" if base else source.repository
     return MirrorImage(source, ImageRef(host, repository, source.tag, None), position, text,
                        derived, False)
+
+
+def _tag_set(node: yaml.Node, fields: dict[str, yaml.Node], source: ImageRef, text: str,
+             errors: _Errors, variables: Mapping[str, str], prefix: str,
+             prefix_ref: tuple[str, str] | None, prefix_missing: list[str],
+             require_destination: bool) -> MirrorSet | None:
+    """An entry with ``tags:``: a source repository, its rule, its destination repository."""
+    if source.tag is not None or source.digest is not None:
+        given = f":{source.tag}" if source.tag is not None else f"@{source.digest}"
+        errors.at(fields["source"], f"with 'tags:', the source names a repository: drop "
+                  f"{given!r} (the rule picks the tags)")
+        return None
+    rule = _rule(fields["tags"], errors)
+    if rule is None:
+        return None
+    repo_source = ImageRef(source.host, source.repository)
+    position = errors.pos(node)
+    if "destination" in fields:
+        dest_raw = _string(fields["destination"], errors, "destination")
+        if dest_raw is None:
+            return None
+        dest_text, dest_missing = expand(dest_raw, variables)
+        if dest_missing:
+            if require_destination:
+                errors.at(fields["destination"], _unset_message(dest_missing))
+                return None
+            return MirrorSet(repo_source, None, rule, position, text, dest_raw, True)
+        try:
+            dest = parse_reference(dest_text)
+        except InputError as exc:
+            errors.at(fields["destination"], f"invalid destination: {exc.message}")
+            return None
+        if not dest_text.strip().startswith(dest.host + "/"):
+            errors.at(fields["destination"], f"destination {dest_text!r} must start with its "
+                      "registry host (registry.example.com/path/name)")
+            return None
+        if dest.tag is not None or dest.digest is not None:
+            errors.at(fields["destination"], "with 'tags:', the destination names a repository: "
+                      "each selected tag keeps its name there (drop the tag or digest)")
+            return None
+        return MirrorSet(repo_source, ImageRef(dest.host, dest.repository), rule, position, text,
+                         dest_raw, True)
+    derived = f"{prefix.rstrip('/')}/{source.repository}"
+    if prefix_missing:
+        if require_destination:
+            errors.at(node, _unset_message(prefix_missing) + f" (the destination prefix {prefix!r}"
+                      " applies to this image)")
+            return None
+        return MirrorSet(repo_source, None, rule, position, text, derived, False)
+    if prefix_ref is None:
+        return None  # the prefix error is reported already
+    host, base = prefix_ref
+    repository = f"{base}/{source.repository}" if base else source.repository
+    return MirrorSet(repo_source, ImageRef(host, repository), rule, position, text, derived, False)
+
+
+def _rule(node: yaml.Node, errors: _Errors) -> TagRule | None:
+    """``tags: all`` or a mapping of rule parts; every mistake reported where it is written."""
+    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:str" \
+            and node.value.strip() == "all":
+        return TagRule.everything()
+    if not isinstance(node, yaml.MappingNode):
+        errors.at(node, "tags must be 'all' or a mapping of regex, exclude, semver, newest")
+        return None
+    parts = _mapping(node, _RULE_KEYS, errors, "tags")
+    if not node.value:
+        errors.at(node, "tags is empty: give regex, exclude, semver or newest (or 'tags: all')")
+        return None
+    if len(parts) != len(node.value):
+        return None  # unknown or duplicate keys are reported already
+    ok = True
+    patterns: dict[str, list[str]] = {}
+    nodes: dict[str, list[yaml.Node]] = {}
+    for part in ("regex", "exclude"):
+        if part not in parts:
+            continue
+        items = parts[part].value if isinstance(parts[part], yaml.SequenceNode) else [parts[part]]
+        if not items:
+            errors.at(parts[part], f"tags.{part} must be a pattern or a non-empty list of them")
+            ok = False
+            continue
+        nodes[part] = list(items)
+        for item in items:
+            text = _scalar_text(item, errors, f"tags.{part}")
+            if text is None:
+                ok = False
+            else:
+                patterns.setdefault(part, []).append(text)
+    version_range: str | None = None
+    if "semver" in parts:
+        version_range = _scalar_text(parts["semver"], errors, "tags.semver")
+        ok = ok and version_range is not None
+    newest: int | None = None
+    if "newest" in parts:
+        item = parts["newest"]
+        if not isinstance(item, yaml.ScalarNode) or item.tag != "tag:yaml.org,2002:int":
+            errors.at(item, "tags.newest must be a whole number (how many of the newest tags)")
+            ok = False
+        else:
+            newest = int(item.value.replace("_", ""), 0)
+    if not ok:
+        return None
+    try:
+        return TagRule.build(regex=patterns.get("regex", ()), exclude=patterns.get("exclude", ()),
+                             semver=version_range, newest=newest)
+    except RuleError as exc:
+        where = parts[exc.part]
+        if exc.part in nodes:
+            where = nodes[exc.part][exc.item or 0]
+        errors.at(where, f"tags.{exc.part}: {exc.message}", _char_column(where, exc.offset))
+        return None
+
+
+def _char_column(node: yaml.Node, offset: int | None) -> int | None:
+    """The 1-based column of character ``offset`` of a one-line scalar written plain or in single
+    quotes without escapes (where text and file agree character for character), else None."""
+    if offset is None or not isinstance(node, yaml.ScalarNode) or node.style not in (None, "'"):
+        return None
+    start, end = node.start_mark, node.end_mark
+    quote = 1 if node.style == "'" else 0
+    if start.line != end.line or end.column - start.column != len(node.value) + 2 * quote:
+        return None
+    return start.column + 1 + quote + offset
+
+
+def _scalar_text(node: yaml.Node, errors: _Errors, what: str) -> str | None:
+    """A scalar's text as written (``semver: 16`` is the range "16", not a number)."""
+    if not isinstance(node, yaml.ScalarNode) or node.tag == "tag:yaml.org,2002:null" \
+            or not node.value.strip():
+        errors.at(node, f"{what} must be a non-empty string")
+        return None
+    return str(node.value)
 
 
 def _unset_message(names: list[str]) -> str:

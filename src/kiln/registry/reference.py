@@ -2,7 +2,10 @@
 
 Follows the Docker reference grammar (distribution/reference): the first component is a
 registry host when it contains ``.`` or ``:`` or is ``localhost``; otherwise the image is on
-Docker Hub (``docker.io``) and single-component names get ``library/``.
+Docker Hub (``docker.io``). Docker Hub names are normalised here and nowhere else
+(:func:`normalize`): ``alpine``, ``docker.io/alpine``, ``index.docker.io/alpine`` and
+``registry-1.docker.io/library/alpine`` are all ``docker.io/library/alpine``, so two spellings of
+one image compare equal wherever kiln meets them (mirror config, reference lint, summaries).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from kiln.errors import InputError
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
+# Names Docker Hub answers to: its reference name, the legacy index name and the API host.
+DOCKER_HUB_HOSTS = frozenset({DOCKER_HUB, "index.docker.io", DOCKER_HUB_API})
 
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
@@ -57,7 +62,23 @@ class ImageRef:
 
 
 def api_host(host: str) -> str:
-    return DOCKER_HUB_API if host in {DOCKER_HUB, "index.docker.io"} else host
+    return DOCKER_HUB_API if host in DOCKER_HUB_HOSTS else host
+
+
+def is_docker_hub(host: str) -> bool:
+    """Whether ``host`` is one of Docker Hub's names (its pulls are rate limited)."""
+    return host in DOCKER_HUB_HOSTS
+
+
+def normalize(ref: ImageRef) -> ImageRef:
+    """Docker Hub's canonical form: host ``docker.io``, single-component names under
+    ``library/`` (``docker.io/alpine`` is ``docker.io/library/alpine``). Other hosts unchanged."""
+    if ref.host not in DOCKER_HUB_HOSTS:
+        return ref
+    repository = ref.repository if "/" in ref.repository else f"library/{ref.repository}"
+    if ref.host == DOCKER_HUB and repository == ref.repository:
+        return ref
+    return ImageRef(DOCKER_HUB, repository, ref.tag, ref.digest)
 
 
 def validate_tag(tag: str, what: str = "tag") -> str:
@@ -101,7 +122,8 @@ def split_repository(prefix_and_path: str) -> tuple[str, str]:
 
 
 def parse_reference(text: str) -> ImageRef:
-    """Parse ``[host/]repo/path[:tag][@digest]``; raises :class:`InputError` when malformed."""
+    """Parse ``[host/]repo/path[:tag][@digest]``, Docker Hub names normalised (:func:`normalize`);
+    raises :class:`InputError` when malformed."""
     original = text
     text = text.strip()
     if not text:
@@ -123,11 +145,9 @@ def parse_reference(text: str) -> ImageRef:
         host, repository = first, rest
     else:
         host, repository = DOCKER_HUB, text
-        if "/" not in repository:
-            repository = f"library/{repository}"
     try:
         validate_repository(repository)
     except InputError as exc:
         raise InputError(f"invalid image reference {original!r}: {exc.message}",
                          hint=exc.hint) from None
-    return ImageRef(host=host, repository=repository, tag=tag, digest=digest)
+    return normalize(ImageRef(host=host, repository=repository, tag=tag, digest=digest))
