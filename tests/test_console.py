@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from invoke.context import MockContext
 from invoke.exceptions import Exit
 
 from conftest import require_tool
@@ -23,7 +24,8 @@ from kiln import console, proc
 from kiln.errors import RegistryTransientError
 from kiln.local_registry import RegistryServer
 from kiln.registry.client import RegistryClient
-from kiln.tasks.common import reports_errors
+from kiln.settings import Settings
+from kiln.tasks.common import kiln_task
 
 SECTION_START = re.compile(
     r"^\x1b\[0Ksection_start:(\d+):([a-z0-9_.-]+)(\[collapsed=true\])?\r\x1b\[0K(.*)$")
@@ -116,10 +118,12 @@ def test_outside_ci_a_section_is_one_plain_line(capsys: pytest.CaptureFixture[st
 # -- --json summary and exit codes ----------------------------------------------------------
 
 def _task(body: object) -> object:
-    def the_task() -> None:
+    """A task made with kiln's one decorator; calling the result runs it as invoke would."""
+    @kiln_task()
+    def the_task(c: object, settings: Settings) -> None:
         body()  # type: ignore[operator]
 
-    return reports_errors(the_task)
+    return lambda: the_task(MockContext())
 
 
 def test_json_document_on_success_and_failure(capsys: pytest.CaptureFixture[str]) -> None:

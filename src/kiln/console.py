@@ -19,7 +19,7 @@ callers never touch the state itself. Tests start from a fresh one with :func:`r
 Every line goes through :func:`mask`, including the output of tools kiln relays (buildah,
 skopeo, git): a value registered with :func:`register_secret` never reaches a terminal, a CI
 log or a JSON document, and neither does anything shaped like a known token (``glpat-...``,
-``ghp_...``, a JWT, a password in a URL ...; :mod:`kiln.secrets`) even if nobody registered it.
+``ghp_...``, a JWT, a password in a URL ...; :mod:`kiln.redact`) even if nobody registered it.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from rich.console import Console as RichConsole
 from rich.markup import escape as _escape
 
 from kiln import ci_context
-from kiln.secrets import looks_like_credential_name, redact_tokens
+from kiln.redact import looks_like_credential_name, redact_tokens
 
 MASK = "[MASKED]"
 
@@ -136,6 +136,10 @@ class Console:
 
     def set_json(self, enabled: bool) -> None:
         self.json = bool(enabled)
+
+    def set_dry_run(self, enabled: bool) -> None:
+        """The current task only plans (the ``--json`` document says so)."""
+        self.summary.dry_run = bool(enabled)
 
     # -- masking ----------------------------------------------------------------------------
     def register_secret(self, value: str | None) -> None:
@@ -386,6 +390,10 @@ def summary() -> Summary:
 
 def set_json(enabled: bool) -> None:
     _active.set_json(enabled)
+
+
+def set_dry_run(enabled: bool) -> None:
+    _active.set_dry_run(enabled)
 
 
 def json_enabled() -> bool:

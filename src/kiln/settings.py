@@ -73,13 +73,13 @@ class Option:
         """The variables that set this option, highest precedence first."""
         return ("KILN_" + self.name.upper(), *self.env)
 
-    @property
-    def task_help(self) -> str:
-        """The help of the task flag: the text and where else the value can come from."""
+    def task_help(self, text: str | None = None) -> str:
+        """The help of the task flag: ``text`` (default: the setting's help) and where else
+        the value can come from (the environment variables, in precedence order)."""
         where = [*self.env_names, *self.fallback_env]
         shown = " ".join(self.default) if isinstance(self.default, tuple) else self.default
         default = "" if shown in (None, "") or self.kind == "bool" else f"; default {shown}"
-        return f"{self.help} (env {', '.join(where)}{default})"
+        return f"{text or self.help} (env {', '.join(where)}{default})"
 
     def field(self) -> Any:
         """The :class:`Settings` field: default (or factory) from this declaration."""

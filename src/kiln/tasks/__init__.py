@@ -3,25 +3,21 @@
     from kiln.tasks import namespace  # noqa: F401
 
 Each concern has its own module of thin tasks over the library; this module only assembles them.
+The modules are imported by name, not looked up at run time, so a module that fails to import
+fails loudly instead of silently losing its tasks.
 """
 
 from __future__ import annotations
 
-import importlib
-
 from invoke.collection import Collection
 
-_TASK_MODULES = ("kiln.tasks.build", "kiln.tasks.registry", "kiln.tasks.mirror")
+from kiln.tasks import build, mirror, registry
+
+TASK_MODULES = (build, registry, mirror)
 
 namespace = Collection()
-for _name in _TASK_MODULES:
-    try:
-        _module = importlib.import_module(_name)
-    except ModuleNotFoundError as _exc:  # a module not written yet; real import errors still raise
-        if _exc.name != _name:
-            raise
-        continue
-    for _task in getattr(_module, "TASKS", ()):
+for _module in TASK_MODULES:
+    for _task in _module.TASKS:
         namespace.add_task(_task)
 
 ns = namespace

@@ -4,27 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from invoke.tasks import task
-
 from kiln import console
 from kiln.errors import ConfigError
-from kiln.tasks.common import JSON_HELP, flag, reports_errors, settings_for
+from kiln.settings import Settings
+from kiln.tasks.common import kiln_task
 
 
-@task(
+@kiln_task(
+    flags=("config", "dry_run", "only", "jobs", "json"),
     iterable=["only"],
     help={
         "config": "mirror configuration file (default: mirrors.yml, or KILN_MIRROR_CONFIG)",
-        "dry-run": "print the plan (skip / copy / error per image, and why); HEAD requests only",
+        "dry_run": "print the plan (skip / copy / error per image, and why); HEAD requests only",
         "only": "mirror only images whose source or destination matches this fnmatch pattern "
                 "(repeatable; e.g. 'postgres*', '*/library/debian:*')",
         "jobs": "images copied in parallel (default: 'jobs' in the config, else 4)",
-        "json": JSON_HELP,
     },
 )
-@reports_errors
-def mirror(c: Any, config: str | None = None, dry_run: bool = False,
-           only: list[str] | None = None, jobs: str | None = None, json: bool = False) -> None:
+def mirror(c: Any, settings: Settings, config: str | None = None,
+           only: list[str] | None = None, jobs: str | None = None) -> None:
     """Mirror upstream images (mirrors.yml) with all architectures, preserving digests.
 
     Up-to-date images cost only HEAD requests (no Docker Hub pulls); the run honours the
@@ -32,7 +30,6 @@ def mirror(c: Any, config: str | None = None, dry_run: bool = False,
     """
     from kiln.mirror.run import mirror as run_mirror
 
-    settings = settings_for(dry_run=flag(dry_run), json_output=flag(json))
     workers: int | None = None
     if jobs is not None:
         # a string option: invoke's own int parsing would end in a traceback on "--jobs x"
@@ -42,12 +39,10 @@ def mirror(c: Any, config: str | None = None, dry_run: bool = False,
     run_mirror(settings, config=config, only=only or (), jobs=workers)
 
 
-@task(help={"config": "mirror configuration file (default: mirrors.yml, or KILN_MIRROR_CONFIG)",
-            "dry_run": "accepted for symmetry: lint-refs only reads files and never writes",
-            "json": JSON_HELP})
-@reports_errors
-def lint_refs(c: Any, config: str | None = None, dry_run: bool = False,
-              json: bool = False) -> None:
+@kiln_task(flags=("config", "dry_run", "json"), help={
+    "config": "mirror configuration file (default: mirrors.yml, or KILN_MIRROR_CONFIG)",
+    "dry_run": "accepted for symmetry: lint-refs only reads files and never writes"})
+def lint_refs(c: Any, settings: Settings, config: str | None = None) -> None:
     """Check that build files and CI images pull through the mirror, not from Docker Hub.
 
     Fails on FROM lines and CI image:/services: entries that use Docker Hub or a registry not
@@ -55,7 +50,6 @@ def lint_refs(c: Any, config: str | None = None, dry_run: bool = False,
     """
     from kiln.mirror.lint import lint_project
 
-    settings = settings_for(dry_run=flag(dry_run), json_output=flag(json))
     findings = lint_project(settings, config=config)
     for finding in findings:
         console.record("finding", image=finding.use.resolved, tag=None, digest=None,
@@ -65,7 +59,7 @@ def lint_refs(c: Any, config: str | None = None, dry_run: bool = False,
             console.info(str(finding))
         else:
             console.out(str(finding))
-    console.summary().used = True
+    console.summary().mark_used()
 
 
 TASKS = (mirror, lint_refs)

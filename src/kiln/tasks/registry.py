@@ -6,24 +6,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from invoke.tasks import task
-
 from kiln import console, gitops, promote
 from kiln.errors import ConfigError, InputError
 from kiln.promote import Op, Registry, Result
 from kiln.registry.client import RegistryClient
-from kiln.settings import Settings
+from kiln.settings import DRY_RUN_HELP, Settings
 from kiln.tag_policy import PRODUCTION, mr_tag, source_tag, tags_for
-from kiln.tasks.common import DRY_RUN_HELP, JSON_HELP, flag, reports_errors, settings_for
+from kiln.tasks.common import kiln_task
 
-_FLAGS = {
-    "image": "image name (builds/<name>.in); default IMAGE_NAME",
-    "registry": "registry prefix of the source image, e.g. 127.0.0.1:5000 or "
-                "registry.gitlab.com/group/project; default CI_REGISTRY_IMAGE / KILN_REGISTRY, "
-                "else the embedded local registry",
+_FLAGS = ("image", "registry", "dry_run", "json")
+_MR_FLAGS = ("image", "registry", "dry_run", "mr", "json")
+_HELP = {
     "dry_run": DRY_RUN_HELP + " (reads are done to plan; every write is printed, not sent)",
-    "json": JSON_HELP,
 }
+_MR_HELP = _HELP | {"mr": "merge request iid (default CI_MERGE_REQUEST_IID)"}
 
 
 def _registry(settings: Settings) -> str:
@@ -88,7 +84,7 @@ def _promote(settings: Settings, what: str, tags: Sequence[str]) -> None:
     registry = _registry(settings)
     if not tags:
         console.step(f"{what}: nothing to tag for this pipeline")
-        console.summary().used = True
+        console.summary().mark_used()
         return
     _plan_header(settings, what, image)
     with console.section(f"{what}_{image}", f"{what} {image}: {', '.join(tags)}"):
@@ -98,13 +94,9 @@ def _promote(settings: Settings, what: str, tags: Sequence[str]) -> None:
     _report(settings, what, results)
 
 
-@task(help=_FLAGS | {"arches": "architectures (default IMAGE_ARCHES)"})
-@reports_errors
-def manifest(c: Any, image: str | None = None, registry: str | None = None,
-             dry_run: bool = False, arches: str | None = None, json: bool = False) -> None:
+@kiln_task(flags=("image", "registry", "dry_run", "arches", "json"), help=_HELP)
+def manifest(c: Any, settings: Settings) -> None:
     """Assemble the multi-arch index p-<id> from p-<id>-<arch> (no layer moves)."""
-    settings = settings_for(image=image, registry=registry, dry_run=flag(dry_run),
-                            arches=arches, json_output=flag(json))
     name = _image(settings)
     dest = promote.Destination.from_prefix(_registry(settings), name)
     promote.check_private(settings, name, dest)
@@ -117,43 +109,27 @@ def manifest(c: Any, image: str | None = None, registry: str | None = None,
     _report(settings, "manifest", [result])
 
 
-@task(help=_FLAGS)
-@reports_errors
-def tag(c: Any, image: str | None = None, registry: str | None = None,
-        dry_run: bool = False, json: bool = False) -> None:
+@kiln_task(flags=_FLAGS, help=_HELP)
+def tag(c: Any, settings: Settings) -> None:
     """Tag p-<id> for this pipeline: g-<id>, latest, <git tag>, mr-<iid> (docs/tags.md)."""
-    settings = settings_for(image=image, registry=registry, dry_run=flag(dry_run),
-                            json_output=flag(json))
     _promote(settings, "tag", tags_for(settings.ci))
 
 
-@task(help=_FLAGS)
-@reports_errors
-def deploy_production(c: Any, image: str | None = None, registry: str | None = None,
-                      dry_run: bool = False, json: bool = False) -> None:
+@kiln_task(flags=_FLAGS, help=_HELP)
+def deploy_production(c: Any, settings: Settings) -> None:
     """Point the 'production' tag at p-<id>."""
-    settings = settings_for(image=image, registry=registry, dry_run=flag(dry_run),
-                            json_output=flag(json))
     _promote(settings, "deploy-production", (PRODUCTION,))
 
 
-@task(help=_FLAGS | {"mr": "merge request iid (default CI_MERGE_REQUEST_IID)"})
-@reports_errors
-def deploy_mr(c: Any, image: str | None = None, registry: str | None = None,
-              dry_run: bool = False, mr: str | None = None, json: bool = False) -> None:
+@kiln_task(flags=_MR_FLAGS, help=_MR_HELP)
+def deploy_mr(c: Any, settings: Settings, mr: str | None = None) -> None:
     """Point the 'mr-<iid>' tag at p-<id> (the merge request's environment)."""
-    settings = settings_for(image=image, registry=registry, dry_run=flag(dry_run),
-                            json_output=flag(json))
     _promote(settings, "deploy-mr", (mr_tag(mr or settings.ci.merge_request_iid),))
 
 
-@task(help=_FLAGS | {"mr": "merge request iid (default CI_MERGE_REQUEST_IID)"})
-@reports_errors
-def stop_mr(c: Any, image: str | None = None, registry: str | None = None,
-            dry_run: bool = False, mr: str | None = None, json: bool = False) -> None:
+@kiln_task(flags=_MR_FLAGS, help=_MR_HELP)
+def stop_mr(c: Any, settings: Settings, mr: str | None = None) -> None:
     """Remove the 'mr-<iid>' tag and nothing else (sibling tags on the digest stay)."""
-    settings = settings_for(image=image, registry=registry, dry_run=flag(dry_run),
-                            json_output=flag(json))
     target = mr_tag(mr or settings.ci.merge_request_iid)
     name = _image(settings)
     registry = _registry(settings)
@@ -164,13 +140,11 @@ def stop_mr(c: Any, image: str | None = None, registry: str | None = None,
     _report(settings, "stop-mr", results)
 
 
-@task(help={"remote": "git remote to push to (default origin)",
-            "dry_run": "print the git commands; change nothing", "json": JSON_HELP})
-@reports_errors
-def deploy_production_tag(c: Any, remote: str = "origin", dry_run: bool = False,
-                          json: bool = False) -> None:
+@kiln_task(flags=("remote", "dry_run", "json"), help={
+    "remote": "git remote to push to (default origin)",
+    "dry_run": "print the git commands; change nothing"})
+def deploy_production_tag(c: Any, settings: Settings, remote: str = "origin") -> None:
     """Force-move the git tag 'production' to HEAD and push it (GITLAB_JOB_DEPLOY_PRODUCTION_ACCESS_TOKEN)."""
-    settings = settings_for(dry_run=flag(dry_run), json_output=flag(json))
     with console.section("deploy_production_tag", f"deploy-production-tag: push production "
                          f"to {remote}"):
         sha = gitops.deploy_production_tag(settings.project_dir, remote=remote,
