@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -175,3 +176,23 @@ def test_repository_cites_no_document_outside_it() -> None:
                 citations.append(f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()[:120]}")
     assert not citations, ("cite docs/ instead of documents outside the repository:\n"
                            + "\n".join(citations))
+
+
+def test_every_cited_document_exists() -> None:
+    cited = re.compile(r"\bdocs/([A-Za-z0-9_-]+\.md)")
+    missing = []
+    for path in _repository_text_files():
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        for number, line in enumerate(text.splitlines(), start=1):
+            for name in cited.findall(line):
+                if not (REPO_ROOT / "docs" / name).is_file():
+                    missing.append(f"{path.relative_to(REPO_ROOT)}:{number}: docs/{name}")
+    assert not missing, "cited documents that do not exist:\n" + "\n".join(missing)
+
+
+def test_settings_page_lists_every_setting() -> None:
+    from kiln.settings import OPTIONS
+
+    page = (REPO_ROOT / "docs" / "settings.md").read_text(encoding="utf-8")
+    absent = [option.key for option in OPTIONS if f"`{option.key}`" not in page]
+    assert not absent, f"docs/settings.md does not list these settings: {absent}"
