@@ -13,6 +13,7 @@ import pytest
 from kiln import build
 from kiln.build import Step, Target
 from kiln.buildah import Buildah
+from kiln.containerfile import parse_from_lines
 from kiln.errors import BuildError, ConfigError, InputError
 from kiln.settings import Settings
 
@@ -87,63 +88,10 @@ def test_remote_url_credentials_never_reach_a_label() -> None:
     assert build.strip_userinfo("git@gitlab.example:g/p.git") == "git@gitlab.example:g/p.git"
 
 
-# -- Containerfile parsing ---------------------------------------------------------------------
-
-CONTAINERFILE = """\
-ARG REGISTRY=docker.io
-ARG BASE_IMAGE_TAG=latest
-ARG UNUSED
-FROM --platform=linux/amd64 ${REGISTRY}/python:${BASE_IMAGE_TAG} AS builder
-ARG STAGE_ONLY=nope
-RUN cat <<EOF > /x
-FROM not/an-instruction:inside-heredoc
-EOF
-FROM \\
-    $REGISTRY/base:${BASE_IMAGE_TAG:-fallback}
-COPY --from=builder /x /x
-FROM builder
-"""
-
-
-def test_logical_lines_join_continuations_and_skip_heredocs() -> None:
-    lines = build.logical_lines(CONTAINERFILE)
-    numbers = [n for n, _ in lines]
-    texts = [t for _, t in lines]
-    assert "FROM not/an-instruction:inside-heredoc" not in texts
-    assert (9, "FROM $REGISTRY/base:${BASE_IMAGE_TAG:-fallback}") in lines
-    assert numbers == sorted(numbers)
-
-
-def test_parse_from_lines_substitutes_global_args() -> None:
-    froms = build.parse_from_lines(CONTAINERFILE, {"REGISTRY": "r.example/g", "OTHER": "x"})
-    assert [f.image for f in froms] == ["r.example/g/python:latest", "r.example/g/base:latest",
-                                        "builder"]
-    assert froms[0].alias == "builder" and froms[0].line == 4
-    assert froms[1].line == 9
-
-
-def test_build_args_only_apply_to_declared_args() -> None:
-    text = "ARG A=default\nFROM $A/$B:x\n"
-    assert build.parse_from_lines(text, {"A": "given", "B": "undeclared"})[0].image == "given/:x"
-
-
-def test_args_after_the_first_from_are_not_global() -> None:
-    text = "FROM a\nARG X=1\nFROM img:${X}\n"
-    assert build.parse_from_lines(text, {})[1].image == "img:"
-
-
-@pytest.mark.parametrize(("expr", "expected"), [
-    ("${SET:-d}", "v"), ("${EMPTY:-d}", "d"), ("${UNSET:-d}", "d"),
-    ("${SET-d}", "v"), ("${EMPTY-d}", ""), ("${UNSET-d}", "d"),
-    ("${SET:+a}", "a"), ("${EMPTY:+a}", ""), ("${UNSET:+a}", ""),
-    ("$SET/${SET}", "v/v"), ("$UNSET.x", ".x"),
-])
-def test_substitute(expr: str, expected: str) -> None:
-    assert build.substitute(expr, {"SET": "v", "EMPTY": ""}) == expected
-
+# -- FROM lines (read by kiln.containerfile: tests/test_containerfile.py) ------------------------
 
 def test_own_dependencies_are_our_registry_and_known_builds() -> None:
-    froms = build.parse_from_lines(
+    froms = parse_from_lines(
         "FROM reg/x/python:latest AS py\nFROM reg/x/unknown:1\nFROM other/base:1\n"
         "FROM py\nFROM reg/x/base@sha256:abc\nFROM reg/x/python:latest\n", {})
     deps = build.own_dependencies(froms, "reg/x", ["python", "base", "backend"])
@@ -152,7 +100,7 @@ def test_own_dependencies_are_our_registry_and_known_builds() -> None:
 
 
 def test_upstream_names() -> None:
-    froms = build.parse_from_lines("FROM 127.0.0.1:5/mirror/library/debian:bookworm\n"
+    froms = parse_from_lines("FROM 127.0.0.1:5/mirror/library/debian:bookworm\n"
                                    "FROM 127.0.0.1:5/base:latest\n", {})
     assert build.upstream_names(froms, "127.0.0.1:5/mirror") == ["library/debian:bookworm"]
 
@@ -166,6 +114,14 @@ FILES = {
                 "FROM ${REGISTRY}/python:${BASE_IMAGE_TAG}\nRUN true\n"),
 }
 TARGET = Target("reg.example/g", "reg.example/g/mirror", push=True)
+# kiln.containerfile's rules reach the plan: a FROM inside a heredoc is text, not a dependency;
+# a comment inside a continuation does not end the FROM.
+TRICKY = {
+    **FILES,
+    "app": ("ARG REGISTRY\nARG BASE_IMAGE_TAG=latest\nFROM \\\n# the base image:\n"
+            "    ${REGISTRY}/python:${BASE_IMAGE_TAG}\n"
+            "COPY <<EOF /notes\nFROM ${REGISTRY}/base:latest\nEOF\n"),
+}
 
 
 def plan(files: Mapping[str, str], image: str, present: set[str], *, deps: bool = True,
@@ -195,6 +151,15 @@ def test_missing_dependencies_are_built_first_in_the_same_pipeline() -> None:
     assert steps[0].build_args["BASE_IMAGE_TAG"] == "latest"  # base has no own dependency
     assert steps[1].build_args["BASE_IMAGE_TAG"] == "p-42"
     assert steps[2].froms[0].image == "reg.example/g/python:p-42"
+
+
+def test_heredoc_from_is_no_dependency_and_comments_do_not_end_a_from() -> None:
+    steps = plan(TRICKY, "app", present=set(), pipeline="9")
+    assert [s.image for s in steps] == ["base", "python", "app"]
+    (from_line,) = steps[-1].froms
+    assert (from_line.line, from_line.image) == (3, "reg.example/g/python:p-9")
+    assert [s.image for s in plan(TRICKY, "app", present={"reg.example/g/python:latest"})] \
+        == ["app"]
 
 
 def test_present_dependencies_are_used_as_they_are() -> None:
@@ -392,16 +357,6 @@ Error: building at STEP "RUN echo before &&     echo "this step fails" >&2 &&   
 """
 
 
-def test_failing_step_is_found_in_the_containerfile() -> None:
-    text = ("ARG R\nFROM $R/busybox\nRUN echo before && \\\n    echo \"this step fails\" >&2 "
-            "&& \\\n    false\nRUN echo never\n")
-    step_text = build.failing_step(BUILDAH_FAILURE)
-    assert step_text == 'RUN echo before &&     echo "this step fails" >&2 &&     false'
-    assert build.locate_step(text, step_text) == 3
-    assert build.failing_step("STEP 1/2: FROM x\nSTEP 2/2: COPY a b\nError: boom\n") == "COPY a b"
-    assert build.failing_step("nothing") is None
-
-
 def test_build_failure_message_names_step_file_and_output() -> None:
     from kiln.proc import Result
 
@@ -489,7 +444,7 @@ def test_failing_from_is_located_through_the_resolved_image() -> None:
     from kiln.proc import Result
 
     text = "ARG UPSTREAM_REGISTRY\nFROM ${UPSTREAM_REGISTRY}/library/busybox:latest\n"
-    froms = tuple(build.parse_from_lines(text, {"UPSTREAM_REGISTRY": "127.0.0.1:5/nomirror"}))
+    froms = tuple(parse_from_lines(text, {"UPSTREAM_REGISTRY": "127.0.0.1:5/nomirror"}))
     step = Step("base", None, "r/base:p-1", text, {}, froms)
     err = build._build_failure(step, Path("/s/Containerfile"), Result(("b",), 125, MISSING, ""))
     assert "Containerfile: /s/Containerfile:2 " in str(err)
@@ -505,3 +460,45 @@ def test_push_failures_are_registry_errors() -> None:
     assert down.exit_code == 4
     other = build._push_failure(_step(), Result(("b",), 125, "Error: something odd", ""))
     assert isinstance(other, build.RegistryError)
+
+# -- credential checks (kiln.credentials) ------------------------------------------------------
+
+GLPAT = "glpat-" + "Ab1_" * 5  # a fake token with a real shape
+
+
+def test_pre_push_scan_refuses_an_image_config_with_a_credential() -> None:
+    """build's pre-push scan turns a config with a credential into a refusal: fails if build's
+    findings are ever suppressed or computed by anything but kiln.credentials."""
+    from kiln.credentials import SecretInImage
+
+    step = Step("app", None, "r/app:p-1", "FROM x\n", {}, ())
+    config = {"config": {"Env": ["PATH=/bin", "DB_PASSWORD=hunter22"], "Labels": {"k": GLPAT}},
+              "history": [{"created_by": "|1 NPM_TOKEN=abcdefgh /bin/sh -c npm ci"}]}
+    with pytest.raises(SecretInImage) as info:
+        build.refuse_secret_config(settings(), step, config)
+    err = info.value
+    assert err.exit_code == 2
+    assert "refusing to push r/app:p-1: its config carries 3 credential-looking value(s)" in str(err)
+    assert err.hint is not None and "buildah rmi r/app:p-1" in err.hint
+    assert "build-secrets" in err.hint
+    for value in ("hunter22", GLPAT, "abcdefgh"):
+        assert value not in str(err)
+    clean = {"config": {"Env": ["PATH=/bin"]}, "history": [{"created_by": "/bin/sh -c true"}]}
+    build.refuse_secret_config(settings(), step, clean)
+    allowed = {"config": {"Env": ["DB_PASSWORD=hunter22"]}}
+    build.refuse_secret_config(settings({"KILN_SECRET_ALLOW": "DB_PASSWORD"}), step, allowed)
+
+
+def test_pre_build_check_covers_args_labels_containerfile_and_heredocs() -> None:
+    from kiln.credentials import SecretInImage
+
+    text = "FROM x\nRUN <<EOF\necho " + GLPAT + "\nEOF\n"
+    step = Step("app", None, "r/app:p-1", text, {"NPM_TOKEN": "abcdefgh"}, ())
+    with pytest.raises(SecretInImage) as info:
+        build.refuse_credentials(settings(dry_run=True), [step], {"api-key": "k-12345678"})
+    message = info.value.message
+    assert message.startswith("refusing to build app (builds/app.in); nothing was built or pushed"
+                               ": 3 credential-looking value(s)")
+    assert "build arg of app: 'NPM_TOKEN'" in message
+    assert "label kiln sets: 'api-key'" in message
+    assert "Containerfile:2 RUN: contains a GitLab token" in message

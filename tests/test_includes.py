@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO_ROOT, require_tool
 from kiln import preprocess
-from kiln.build import logical_lines, parse_from_lines
+from kiln.containerfile import logical_lines, parse_from_lines
 from kiln.preprocess import default_include_path, preprocess_file, preprocess_text
 
 PACKAGE_INCLUDES = Path(preprocess.__file__).resolve().parent / "includes"

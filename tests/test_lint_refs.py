@@ -218,3 +218,23 @@ def test_this_repository_passes_its_own_lint() -> None:
                                 {}, {})
     findings = lint_project(settings)
     assert [f for f in findings if f.severity == "error"] == []
+
+
+def test_from_inside_a_heredoc_is_not_an_image_and_comments_do_not_end_a_from() -> None:
+    """The build never pulls a FROM written inside a heredoc, so the lint does not report it;
+    a comment line inside a continuation is dropped and the FROM goes on (kiln.containerfile)."""
+    text = ("FROM \\\n"
+            "# pulled through the mirror\n"
+            "    ${UPSTREAM_REGISTRY}/library/debian:bookworm\n"
+            "COPY <<EOF /notes\n"
+            "FROM evil/img\n"
+            "EOF\n"
+            "RUN cat <<-'A' <<B\n"
+            "\tFROM docker.io/library/alpine\n"
+            "\tA\n"
+            "FROM postgres\n"
+            "B\n")
+    uses = from_uses(text, "builds/x.in")
+    assert [(u.line, u.resolved) for u in uses] == [
+        (1, "${UPSTREAM_REGISTRY}/library/debian:bookworm")]
+    assert check_uses(uses, CONFIG) == []

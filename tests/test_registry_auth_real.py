@@ -24,9 +24,9 @@ from helpers.secure import (
 )
 from kiln.errors import RegistryAuthError, RegistryError
 from kiln.local_registry import RegistryServer
+from kiln.redact import Secret
 from kiln.registry.auth import Credentials
 from kiln.registry.client import RegistryClient
-from kiln.settings import Secret
 
 pytestmark = pytest.mark.real
 

@@ -15,6 +15,7 @@ from kiln.ci_context import CIContext
 from kiln.errors import ConfigError, InputError, RegistryError
 from kiln.local_registry import RegistryServer
 from kiln.promote import Child, Destination, destinations_for, plan_index
+from kiln.redact import Secret
 from kiln.registry import media
 from kiln.registry.auth import (
     Credentials,
@@ -34,7 +35,7 @@ from kiln.registry.client import (
     is_loopback,
 )
 from kiln.registry.reference import ImageRef, parse_reference
-from kiln.settings import ImageSettings, Secret, Settings
+from kiln.settings import ImageSettings, Settings
 
 # -- references ---------------------------------------------------------------------------
 

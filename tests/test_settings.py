@@ -9,7 +9,8 @@ import pytest
 from kiln.arch import normalize_arch, parse_arches
 from kiln.ci_context import CIContext
 from kiln.errors import ConfigError, InputError
-from kiln.settings import Secret, Settings, load_settings
+from kiln.redact import Secret
+from kiln.settings import Settings, load_settings
 
 ROOT = Path("/repo")
 

@@ -49,9 +49,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kiln import console, proc, qemu, secrets
+from kiln import console, credentials, proc, qemu
 from kiln.arch import normalize_arch
-from kiln.buildah import Buildah
+from kiln.buildah import Buildah, failing_step
+from kiln.containerfile import FromLine, locate_step, parse_from_lines
 from kiln.errors import (
     BuildError,
     ConfigError,
@@ -161,99 +162,7 @@ def strip_userinfo(url: str) -> str:
     return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1", url, flags=re.IGNORECASE)
 
 
-# -- Containerfile parsing (pure) --------------------------------------------------------------
-
-@dataclass(frozen=True)
-class FromLine:
-    """A FROM instruction: its Containerfile line, text as written and image after ARGs."""
-
-    line: int
-    text: str
-    image: str
-    alias: str | None = None
-
-
-def logical_lines(text: str) -> list[tuple[int, str]]:
-    """Instructions with continuations joined and heredoc bodies skipped: (first line, text)."""
-    result: list[tuple[int, str]] = []
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        start = i
-        line = lines[i].rstrip()
-        i += 1
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        parts = [stripped]
-        while parts[-1].endswith("\\") and i < len(lines):
-            parts[-1] = parts[-1][:-1]
-            nxt = lines[i].strip()
-            i += 1
-            if nxt.startswith("#"):
-                continue
-            parts.append(nxt)
-        joined = " ".join(p.strip() for p in parts if p.strip())
-        result.append((start + 1, joined))
-        for marker in re.findall(r"<<-?\s*[\"']?([A-Za-z_][A-Za-z0-9_]*)[\"']?", joined):
-            while i < len(lines) and lines[i].strip() != marker:
-                i += 1
-            i += 1
-    return result
-
-
-_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-+])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
-
-
-def substitute(text: str, variables: Mapping[str, str]) -> str:
-    """Dockerfile variable substitution: ``$X``, ``${X}``, ``${X:-default}``, ``${X:+alt}``."""
-
-    def replace(match: re.Match[str]) -> str:
-        name = match[1] or match[4]
-        value = variables.get(name)
-        op, word = match[2], match[3] or ""
-        if op == ":-":
-            return value if value else word
-        if op == "-":
-            return word if value is None else value
-        if op == ":+":
-            return word if value else ""
-        if op == "+":
-            return "" if value is None else word
-        return value or ""
-
-    return _VAR.sub(replace, text)
-
-
-def parse_from_lines(text: str, build_args: Mapping[str, str]) -> list[FromLine]:
-    """FROM lines of a Containerfile with global ``ARG``s (those before the first FROM)
-    substituted: defaults, overridden by ``build_args`` for declared ARGs, as buildah does."""
-    variables: dict[str, str] = {}
-    froms: list[FromLine] = []
-    for number, line in logical_lines(text):
-        keyword, _, rest = line.partition(" ")
-        keyword = keyword.upper()
-        if keyword == "ARG" and not froms:
-            try:
-                items = shlex.split(rest, posix=True)
-            except ValueError:
-                items = rest.split()
-            for item in items:
-                name, eq, default = item.partition("=")
-                if name in build_args:
-                    variables[name] = build_args[name]
-                elif eq:
-                    variables[name] = substitute(default, variables)
-                else:
-                    variables.setdefault(name, "")
-        elif keyword == "FROM":
-            words = [w for w in rest.split() if not w.startswith("--")]
-            if not words:
-                continue
-            alias = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
-            froms.append(FromLine(number, line, substitute(words[0], variables), alias))
-    return froms
-
+# -- FROM lines (pure; read by kiln.containerfile) -------------------------------------------
 
 def own_dependencies(froms: Sequence[FromLine], registry: str, known_images: Sequence[str],
                      *, exclude: str | None = None) -> list[tuple[str, str]]:
@@ -297,27 +206,6 @@ def platform_mismatch(output: str) -> str | None:
     match = re.search(r"image platform \(\{(\S+) (\S+)[^)]*\) does not match the expected "
                       r"platform", output)
     return match[1] if match else None
-
-
-def locate_step(text: str, step: str) -> int | None:
-    """Line (1-based) of the instruction buildah names in ``building at STEP "..."``."""
-    wanted = " ".join(step.split())
-    for number, line in logical_lines(text):
-        if " ".join(line.split()) == wanted:
-            return number
-    for number, line in logical_lines(text):
-        if wanted and wanted in " ".join(line.split()):
-            return number
-    return None
-
-
-def failing_step(output: str) -> str | None:
-    """The instruction buildah reports as failed, e.g. ``RUN make``."""
-    failed = re.findall(r'building at STEP "(.*)": ', output)
-    if failed:
-        return str(failed[-1])
-    steps = re.findall(r"^STEP \d+/\d+: (.*)$", output, flags=re.MULTILINE)
-    return steps[-1] if steps else None
 
 
 # -- the plan (pure, given a loader and an existence check) --------------------------------------
@@ -720,7 +608,7 @@ def build(settings: Settings, image: str, arch: str | None = None) -> list[Build
 def refuse_credentials(settings: Settings, steps: Sequence[Step],
                        labels: Mapping[str, str]) -> None:
     """Before anything is built (dry run included): no credential-looking build arg, label, or
-    ENV/LABEL/ARG value or token in any Containerfile (:mod:`kiln.secrets`; exit code 2).
+    ENV/LABEL/ARG value or token in any Containerfile (:mod:`kiln.credentials`; exit code 2).
 
     Outside a dry run the Containerfiles are written first, so the file:line in the message
     can be opened (``invoke preprocess`` prints the same text)."""
@@ -729,27 +617,24 @@ def refuse_credentials(settings: Settings, steps: Sequence[Step],
         if not settings.dry_run:
             containerfile.parent.mkdir(parents=True, exist_ok=True)
             containerfile.write_text(step.text, encoding="utf-8")
-        findings = secrets.check_build_args(step.build_args, where=f"build arg of {step.image}",
-                                            allow=settings.secret_allow)
-        findings += secrets.check_build_args(labels, where="label kiln sets",
-                                             allow=settings.secret_allow)
-        findings += secrets.check_containerfile(step.text, str(containerfile),
-                                                allow=settings.secret_allow)
-        secrets.refuse(findings, f"refusing to build {step.image} (builds/{step.image}.in); "
-                                 "nothing was built or pushed")
+        credentials.check_build_inputs(step.image, step.text, str(containerfile),
+                                       step.build_args, labels=labels,
+                                       allow=settings.secret_allow,
+                                       build_file=f"builds/{step.image}.in")
+
+
+def refuse_secret_config(settings: Settings, step: Step, config: Mapping[str, object]) -> None:
+    """Refuse to push ``step``'s image when its config (Env, Labels, history) carries a
+    credential, whatever its base image or build args brought in (pure)."""
+    credentials.check_built_image(
+        step.ref, config, allow=settings.secret_allow,
+        hint_prefix="nothing was pushed; the image is in local storage only (remove it: "
+                    f"buildah rmi {step.ref}). ")
 
 
 def scan_built_image(settings: Settings, buildah: Buildah, step: Step) -> None:
-    """After the build, before the push: the image's config (Env, Labels, history) must carry
-    no credential, whatever its base image or build args brought in."""
-    findings = secrets.scan_local_image(buildah, step.ref, allow=settings.secret_allow)
-    if findings:
-        lines = "\n".join(f"  - {f}" for f in findings)
-        raise secrets.SecretInImage(
-            f"refusing to push {step.ref}: its config carries {len(findings)} "
-            f"credential-looking value(s):\n{lines}",
-            hint="nothing was pushed; the image is in local storage only (remove it: buildah "
-                 f"rmi {step.ref}). " + secrets.SECRET_HINT)
+    """After the build, before the push: read the image's config and refuse credentials in it."""
+    refuse_secret_config(settings, step, buildah.inspect_config(step.ref))
 
 
 def _seed(settings: Settings, target: Target, step: Step, *, dry_run: bool) -> list[str]:

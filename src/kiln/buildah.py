@@ -8,9 +8,12 @@ The ``*_command`` methods are pure (argv lists, no process), so every flag is un
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kiln import proc
 from kiln.errors import BuildError
@@ -133,3 +136,25 @@ class Buildah:
         result = self.run("inspect", "--type", "image", "--format", "{{.FromImageID}}", ref,
                           what="buildah inspect", check=False)
         return result.returncode == 0
+
+    def inspect_config(self, ref: str) -> dict[str, Any]:
+        """The OCI config of local image ``ref`` (Env, Labels, history), read with ``buildah
+        inspect`` (never pulls)."""
+        result = self.run("inspect", "--type", "image", ref, what="buildah inspect")
+        try:
+            data = json.loads(result.stdout)
+        except json.JSONDecodeError as exc:
+            raise BuildError(f"buildah inspect {ref}: not JSON ({exc.msg})") from None
+        config = data.get("OCIv1") if isinstance(data, dict) else None
+        if not isinstance(config, dict):
+            raise BuildError(f"buildah inspect {ref}: no OCIv1 config")
+        return config
+
+
+def failing_step(output: str) -> str | None:
+    """The instruction buildah's output reports as failed, e.g. ``RUN make`` (pure)."""
+    failed = re.findall(r'building at STEP "(.*)": ', output)
+    if failed:
+        return str(failed[-1])
+    steps = re.findall(r"^STEP \d+/\d+: (.*)$", output, flags=re.MULTILINE)
+    return steps[-1] if steps else None

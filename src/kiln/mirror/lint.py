@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from kiln import containerfile
 from kiln.errors import InputError
 from kiln.mirror.config import DOCKER_HUB_HOSTS, MirrorConfig
 from kiln.registry.reference import parse_reference, split_repository
@@ -37,7 +38,6 @@ TRUSTED_VARIABLES = frozenset({
     "CI_DEPENDENCY_PROXY_GROUP_IMAGE_PREFIX", "CI_DEPENDENCY_PROXY_DIRECT_GROUP_IMAGE_PREFIX",
 })
 
-_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
 _LEADING_VAR = re.compile(r"^\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 
@@ -64,89 +64,55 @@ class Finding:
 
 
 def substitute(text: str, values: Mapping[str, str], *, depth: int = 0) -> str:
-    """Replace ``$NAME``, ``${NAME}``, ``${NAME:-default}`` from ``values``; trusted variables
-    and unknown names stay as written."""
+    """Replace ``$NAME``, ``${NAME}``, ``${NAME:-default}`` ... from ``values`` (Dockerfile rules,
+    :func:`kiln.containerfile.substitute`); trusted variables and unknown names stay as written,
+    and a value naming other variables is expanded too, as GitLab does for CI variables."""
+    return containerfile.substitute(text, _Expanded(values, depth), keep=TRUSTED_VARIABLES,
+                                    keep_unset=True)
 
-    def replace(match: re.Match[str]) -> str:
-        name = match[1] or match[3]
-        default = match[2]
-        if name in TRUSTED_VARIABLES:
-            return match[0]
-        if name in values and values[name] != "":
-            value = values[name]
-            return substitute(value, values, depth=depth + 1) if depth < 10 else value
-        if default is not None:
-            return default
-        return match[0]
 
-    return _VAR.sub(replace, text)
+class _Expanded(Mapping[str, str]):
+    """``values`` with each value expanded in turn (ten levels at most); an empty value counts
+    as unknown, so ``$X`` stays as written and the lint warns about it."""
+
+    def __init__(self, values: Mapping[str, str], depth: int) -> None:
+        self._values = values
+        self._depth = depth
+
+    def __getitem__(self, name: str) -> str:
+        value = self._values[name]
+        if value == "":
+            raise KeyError(name)
+        return substitute(value, self._values, depth=self._depth + 1) if self._depth < 10 \
+            else value
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, value in self._values.items() if value != "")
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 # -- Containerfiles --------------------------------------------------------------------------
-
-def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
-    """Dockerfile instructions with backslash continuations joined, with their first line."""
-    buffer: list[str] = []
-    start = 0
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.rstrip("\r")
-        if not buffer:
-            start = number
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-        stripped = line.rstrip()
-        if stripped.endswith("\\"):
-            buffer.append(stripped[:-1])
-            continue
-        buffer.append(line)
-        yield start, " ".join(part.strip() for part in buffer)
-        buffer = []
-    if buffer:
-        yield start, " ".join(part.strip() for part in buffer)
-
 
 def from_uses(text: str, file: str, build_args: Mapping[str, str] | None = None,
               locate: Callable[[int, str], tuple[str, int]] | None = None) -> list[ImageUse]:
     """The images a Containerfile's ``FROM`` lines pull (stages and ``scratch`` excluded).
 
-    ``ARG`` defaults declared before the first ``FROM`` (and ``build_args``, which override them
-    as ``--build-arg`` does) are substituted. ``locate`` maps an output line number and its text
-    to the original file and line (preprocessed files come from several sources).
+    The Containerfile is read by :mod:`kiln.containerfile`, as the build reads it: ``ARG``
+    defaults declared before the first ``FROM`` (and ``build_args``, which override them as
+    ``--build-arg`` does) are substituted, trusted variables are kept. ``locate`` maps an output
+    line number and its text to the original file and line (preprocessed files come from
+    several sources).
     """
-    args: dict[str, str] = {}
-    stages: set[str] = set()
     uses: list[ImageUse] = []
-    seen_from = False
-    overrides = dict(build_args or {})
-    for number, line in _logical_lines(text):
-        word, _, rest = line.strip().partition(" ")
-        instruction = word.upper()
-        if instruction == "ARG" and not seen_from:
-            for declaration in rest.split():
-                name, sep, default = declaration.partition("=")
-                value = overrides.get(name, _unquote(default) if sep else "")
-                args[name] = value
-        elif instruction == "FROM":
-            seen_from = True
-            parts = [p for p in rest.split() if not p.startswith("--")]
-            if not parts:
-                continue
-            image = parts[0]
-            if len(parts) >= 3 and parts[1].lower() == "as":
-                stages.add(parts[2].lower())
-            resolved = substitute(image, args)
-            if resolved.lower() == "scratch" or resolved.lower() in stages - (
-                    {parts[2].lower()} if len(parts) >= 3 else set()):
-                continue
-            where_file, where_line = locate(number, line) if locate else (file, number)
-            uses.append(ImageUse(where_file, where_line, image, resolved, "FROM", True))
+    for line in containerfile.parse_from_lines(text, dict(build_args or {}),
+                                               keep=TRUSTED_VARIABLES, keep_unset=True):
+        if not line.is_image:
+            continue
+        where_file, where_line = locate(line.line, line.text) if locate else (file, line.line)
+        uses.append(ImageUse(where_file, where_line, line.written, line.image, "FROM", True))
     return uses
-
-
-def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-        return value[1:-1]
-    return value
 
 
 # -- GitLab CI YAML ----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Credential detection: names, token shapes, Containerfiles, image configs (pure), and the two
-adapters against real tools (an image built by buildah, an image and an index in a registry)."""
+"""Credential detection: names and token shapes (kiln.redact), Containerfiles and image configs
+(kiln.credentials, pure), and the scans against real tools (kiln.image_scan: an image built by
+buildah, an image and an index in a registry)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from conftest import require_tool
 from helpers.images import push_test_image
-from kiln import promote, secrets
+from kiln import credentials, image_scan, promote, redact
 from kiln.ci_context import CIContext
 from kiln.errors import InputError
 from kiln.local_registry import RegistryServer
@@ -45,12 +46,12 @@ TOKENS = {
     ("org.opencontainers.image.source", None), ("PIP_INDEX_URL", None),
 ])
 def test_credential_names(name: str, word: str | None) -> None:
-    assert secrets.credential_word(name) == word
+    assert redact.credential_word(name) == word
 
 
 @pytest.mark.parametrize(("text", "kind"), list(TOKENS.items()))
 def test_token_shapes_are_found_inside_text(text: str, kind: str) -> None:
-    found = secrets.find_tokens(f"RUN curl -H 'X: {text}' https://example.com")
+    found = redact.find_tokens(f"RUN curl -H 'X: {text}' https://example.com")
     assert [m.kind for m in found] == [kind]
 
 
@@ -61,12 +62,12 @@ def test_token_shapes_are_found_inside_text(text: str, kind: str) -> None:
     "registry.gitlab.com/group/project/image:p-123", "-----BEGIN CERTIFICATE-----",
 ])
 def test_ordinary_text_is_not_a_token(text: str) -> None:
-    assert secrets.find_tokens(text) == []
+    assert redact.find_tokens(text) == []
 
 
 def test_redact_keeps_the_url_but_not_the_password() -> None:
     text = f"pip install --index-url {URL_PASSWORD} x; echo {GLPAT}; {JWT}"
-    redacted = secrets.redact_tokens(text)
+    redacted = redact.redact_tokens(text)
     assert redacted == ("pip install --index-url https://deploy:[MASKED]@pypi.example.com/simple"
                         " x; echo [MASKED]; [MASKED]")
 
@@ -92,7 +93,7 @@ ENV EMPTY_TOKEN=""
 
 
 def test_containerfile_findings_name_file_line_and_never_the_value() -> None:
-    findings = secrets.check_containerfile(CONTAINERFILE, "/w/.kiln/build/app/Containerfile")
+    findings = credentials.check_containerfile(CONTAINERFILE, "/w/.kiln/build/app/Containerfile")
     text = [str(f) for f in findings]
     assert [(f.where.rsplit(":", 1)[1], f.name) for f in findings] == [
         ("3 ARG", "GH_TOKEN"), ("5 ENV", "DB_PASSWORD"), ("7 ENV", "LEGACY_SECRET"),
@@ -106,26 +107,46 @@ def test_containerfile_findings_name_file_line_and_never_the_value() -> None:
         assert value not in joined
 
 
+def test_heredoc_bodies_are_checked_and_comments_inside_continuations_are_dropped() -> None:
+    """The check reads the Containerfile as the build does (kiln.containerfile), heredoc bodies
+    included: their text is stored in the image history."""
+    text = ("FROM x\n"
+            "COPY <<EOF /notes\n"
+            "FROM evil/img\n"
+            f"{GHP}\n"
+            "EOF\n"
+            "ENV A=1 \\\n"
+            "# note: set by CI\n"
+            "    DB_PASSWORD=hunter22\n"
+            "RUN true\n")
+    findings = credentials.check_containerfile(text, "C")
+    assert [(f.where, f.name, f.reason.split(" (")[0]) for f in findings] == [
+        ("C:2 COPY", "", "contains a GitHub token"),
+        ("C:6 ENV", "DB_PASSWORD", "name looks like a credential"),
+    ]
+
+
 def test_allow_list_and_arg_values_from_build_args() -> None:
     text = "FROM x\nENV SECRET_SAUCE=ketchup-and-mayo\n"
-    assert len(secrets.check_containerfile(text, "C")) == 1
-    assert secrets.check_containerfile(text, "C", allow=["secret_sauce"]) == []
+    assert len(credentials.check_containerfile(text, "C")) == 1
+    assert credentials.check_containerfile(text, "C", allow=["secret_sauce"]) == []
     # the allow list is for names only: a token shape is never allowed
-    assert len(secrets.check_build_args({"SECRET_SAUCE": GLPAT}, allow=["SECRET_SAUCE"])) == 1
-    args = secrets.check_build_args({"NPM_TOKEN": "abcdefgh", "REGISTRY": "127.0.0.1:5000",
+    assert len(credentials.check_build_args({"SECRET_SAUCE": GLPAT}, allow=["SECRET_SAUCE"])) == 1
+    args = credentials.check_build_args({"NPM_TOKEN": "abcdefgh", "REGISTRY": "127.0.0.1:5000",
                                      "BASE_IMAGE_TAG": "p-7", "EMPTY_PASSWORD": ""})
     assert [f.name for f in args] == ["NPM_TOKEN"]
 
 
 def test_check_build_inputs_refuses_with_a_pointer_to_build_secrets() -> None:
-    with pytest.raises(secrets.SecretInImage) as info:
-        secrets.check_build_inputs("app", CONTAINERFILE, "C", {"NPM_TOKEN": "abcdefgh"})
+    with pytest.raises(credentials.SecretInImage) as info:
+        credentials.check_build_inputs("app", CONTAINERFILE, "C", {"NPM_TOKEN": "abcdefgh"})
     err = info.value
     assert isinstance(err, InputError) and err.exit_code == 2
-    assert "refusing to build app: 7 credential-looking value(s)" in err.message
+    assert ("refusing to build app; nothing was built or pushed: 7 credential-looking value(s)"
+            in err.message)
     assert err.hint is not None
     assert "RUN --mount=type=secret" in err.hint and "build-secrets" in err.hint
-    secrets.check_build_inputs("app", "FROM x\nRUN true\n", "C", {"REGISTRY": "r"})  # clean
+    credentials.check_build_inputs("app", "FROM x\nRUN true\n", "C", {"REGISTRY": "r"})  # clean
 
 
 def oci_config(env: list[str], labels: dict[str, str], history: list[str]) -> dict[str, object]:
@@ -143,7 +164,7 @@ def test_scan_config_env_labels_and_history() -> None:
          "|2 NPM_TOKEN=abcdefgh OTHER=x /bin/sh -c npm ci",
          f"/bin/sh -c echo {JWT} > /x",
          "/bin/sh -c #(nop) COPY file:abc in /f "])
-    findings = secrets.scan_config(config, image="reg/app:p-1")
+    findings = credentials.scan_config(config, image="reg/app:p-1")
     summary = [(f.where, f.name) for f in findings]
     assert summary == [
         ("reg/app:p-1 config Env", "DB_PASSWORD"),
@@ -156,12 +177,12 @@ def test_scan_config_env_labels_and_history() -> None:
 
 def test_scan_config_docker_shape_and_clean_image() -> None:
     docker = {"container_config": {"Env": [f"AWS_KEY_ID={AKIA}"]}, "history": []}
-    assert [f.reason for f in secrets.scan_config(docker)] == ["value is an AWS access key id"]
+    assert [f.reason for f in credentials.scan_config(docker)] == ["value is an AWS access key id"]
     clean = oci_config(["PATH=/bin", "LANG=C.UTF-8"], {"org.opencontainers.image.revision": "abc"},
                        ["/bin/sh -c apt-get update", "|1 BASE_IMAGE_TAG=p-7 /bin/sh -c true"])
-    assert secrets.scan_config(clean) == []
-    with pytest.raises(secrets.SecretInImage, match="refusing to push x: its config"):
-        secrets.check_built_image("x", oci_config([f"T={GHP}"], {}, []))
+    assert credentials.scan_config(clean) == []
+    with pytest.raises(credentials.SecretInImage, match="refusing to push x: its config"):
+        credentials.check_built_image("x", oci_config([f"T={GHP}"], {}, []))
 
 
 @pytest.mark.parametrize(("spec", "ok"), [
@@ -171,10 +192,10 @@ def test_scan_config_docker_shape_and_clean_image() -> None:
 ])
 def test_build_secret_specs(spec: str, ok: bool) -> None:
     if ok:
-        assert secrets.parse_build_secret(spec)["id"]
+        assert credentials.parse_build_secret(spec)["id"]
     else:
         with pytest.raises(InputError):
-            secrets.parse_build_secret(spec)
+            credentials.parse_build_secret(spec)
 
 
 # -- adapters against real tools -----------------------------------------------------------------
@@ -193,7 +214,7 @@ def test_scan_an_image_built_by_buildah(tmp_path: Path, buildah_storage: dict[st
     buildah.run("build", "--isolation", "chroot", "--format", "docker", "--build-arg",
                 "NPM_TOKEN=zzzzzzzz", "-t", "localhost/kiln-secret-scan", str(context))
     try:
-        findings = secrets.scan_local_image(buildah, "localhost/kiln-secret-scan")
+        findings = image_scan.scan_local_image(buildah, "localhost/kiln-secret-scan")
     finally:
         buildah.run("rmi", "localhost/kiln-secret-scan", check=False)
     assert {(f.name, f.where.rsplit(" ", 2)[-2:][0]) for f in findings} >= {
@@ -211,8 +232,8 @@ def test_scan_an_image_and_an_index_in_a_registry(tmp_path: Path,
     with RegistryClient(host) as client:
         reg = promote.Registry(client, "app")
         promote.assemble_index(reg, CIContext(pipeline_id="5"), ("amd64", "arm64"))
-        assert secrets.scan_registry_image(client, "app", "p-5-amd64") == []
-        findings = secrets.scan_registry_image(client, "app", "p-5")
+        assert image_scan.scan_registry_image(client, "app", "p-5-amd64") == []
+        findings = image_scan.scan_registry_image(client, "app", "p-5")
     assert [(f.name, f.reason) for f in findings] == [("test", "value is a GitLab token")]
     assert "[linux/arm64]" in findings[0].where
 
@@ -367,6 +388,6 @@ def test_build_secret_reaches_the_run_step_but_not_the_image(
         assert not (mount / "run" / "secrets" / "npm").exists()
     finally:
         buildah.run("rm", container, check=False)
-    config = secrets.local_image_config(buildah, ref)
+    config = buildah.inspect_config(ref)
     assert value not in json.dumps(config)
-    assert secrets.scan_config(config) == []
+    assert credentials.scan_config(config) == []
