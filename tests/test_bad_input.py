@@ -60,6 +60,10 @@ def build_file(body: str) -> dict[str, str | None]:
 
 
 CASES = [
+    # -- the command line (invoke's own parse errors: exit 2 like all bad input) -----------------
+    Case("unknown-flag", ("build", "--bogus"), ("No idea what '--bogus' is", "--help <task>")),
+    Case("unknown-task", ("bild",), ("No idea what 'bild' is", "--list")),
+    Case("flag-without-value", ("build", "--image"), ("--image needs a value",)),
     # -- build files -------------------------------------------------------------------------
     Case("include-missing", ("build",), ("builds/app.in:2", '#include "nope": file not found',
                                          "searched", "/includes"),
@@ -281,3 +285,25 @@ def test_bad_input(case: Case, outcomes: tuple[dict[str, Outcome], list[str]]) -
 
 def test_no_bad_input_wrote_anything(outcomes: tuple[dict[str, Outcome], list[str]]) -> None:
     assert outcomes[1] == []
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (("build", "--bogus"), "No idea what '--bogus' is"),
+    (("bild",), "No idea what 'bild' is"),
+    (("tag", "--registry"), "--registry needs a value"),
+])
+def test_kiln_command_usage_errors_exit_2(tmp_path: Path, args: tuple[str, ...],
+                                          expect: str) -> None:
+    """The ``kiln`` command (kiln.cli): a command line it cannot parse is bad input, exit 2."""
+    import subprocess
+    import sys
+
+    from helpers.run import clean_env
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from kiln.cli import main; sys.argv[0] = 'kiln'; "
+         "main()", *args], cwd=tmp_path, env=clean_env(), capture_output=True, text=True,
+        timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2, done.stderr
+    assert expect in done.stderr and "'kiln --list' shows the tasks" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -186,6 +186,47 @@ def test_plan_lines_go_to_stderr_in_json_mode(capsys: pytest.CaptureFixture[str]
     assert console.summary().plan == ["PUT    r/app:g-1", "PUT    r/app:g-2"]
 
 
+# -- one Console object holds the state ------------------------------------------------------
+
+def test_state_lives_in_a_console_object_and_reset_starts_fresh(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    first = console.current()
+    console.register_secret("first-secret-1")
+    console.set_json(True)
+    console.record("built", image="app")
+    second = console.reset()
+    assert console.current() is second and second is not first
+    assert second.secrets == set() and not second.json and second.summary.results == []
+    assert console.mask("first-secret-1") == "first-secret-1"  # the new console knows nothing
+    assert first.mask("first-secret-1") == "[MASKED]" and first.summary.results
+    console.reset(first)
+    assert console.mask("first-secret-1") == "[MASKED]"
+
+
+def test_module_functions_delegate_to_the_current_console() -> None:
+    mine = console.Console(env={})
+    console.reset(mine)
+    console.begin("x")
+    console.summary().mark_used()
+    console.set_dry_run(True)
+    console.register_secret("delegated-secret")
+    assert mine.summary.task == "x" and mine.summary.used and mine.summary.dry_run
+    assert "delegated-secret" in mine.secrets
+
+
+@pytest.mark.parametrize("env", [
+    {}, {"CI": "true"}, {"CI": "1"}, {"CI": "yes"}, {"GITLAB_CI": "true"}, {"CI": "false"},
+    {"GITLAB_CI": "false", "CI": "true"}, {"CI_PIPELINE_ID": "12"}, {"CI": " TRUE "},
+    {"CI": ""},
+])
+def test_ci_detection_has_one_answer(env: dict[str, str]) -> None:
+    """The console's output mode and the pipeline context ask the same function."""
+    from kiln.ci_context import CIContext, in_ci
+
+    assert (console.Console(env=env).mode() == "ci") == in_ci(env) == CIContext.from_env(env).in_ci
+    assert not hasattr(console, "in_ci")
+
+
 # -- real runs ---------------------------------------------------------------------------------
 
 def ci_env(registry: str, **extra: str) -> dict[str, str]:

@@ -102,6 +102,19 @@ def test_publish_task_choice(env: dict[str, str], posargs: list[str], task: str)
     assert nox_sessions.task_for_publish(env, posargs) == task
 
 
+def test_build_files_follow_the_settings(tmp_path: Path) -> None:
+    """The lint session finds build files where the tasks do: kiln's settings decide the folder
+    (KILN_BUILDS_DIR > [tool.kiln] builds-dir > builds), not a second reading of pyproject."""
+    for folder in ("builds", "images", "other"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"{folder}.in").write_text("FROM scratch\n")
+    assert nox_sessions.build_files(tmp_path, env={}) == [tmp_path / "builds" / "builds.in"]
+    (tmp_path / "pyproject.toml").write_text('[tool.kiln]\nbuilds-dir = "images"\n')
+    assert nox_sessions.build_files(tmp_path, env={}) == [tmp_path / "images" / "images.in"]
+    assert nox_sessions.build_files(tmp_path, env={"KILN_BUILDS_DIR": str(tmp_path / "other")}) \
+        == [tmp_path / "other" / "other.in"]
+
+
 @pytest.mark.tool
 def test_publish_session_for_real_nox(shims: Shims) -> None:
     assert _nox(shims, "-s", "publish", IMAGE_NAME="busybox").returncode == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from kiln.arch import normalize_arch, parse_arches
 from kiln.ci_context import CIContext
 from kiln.errors import ConfigError, InputError
 from kiln.redact import Secret
-from kiln.settings import Settings, load_settings
+from kiln.settings import OPTION, OPTIONS, Option, Settings, load_settings
 
 ROOT = Path("/repo")
 
@@ -168,3 +169,89 @@ def test_ci_context_kinds() -> None:
     assert mr.is_merge_request and not mr.is_default_branch
     local = CIContext.from_env({})
     assert not local.in_ci and local.pipeline_id == "local"
+
+
+# -- each setting declared once (settings.OPTIONS) -----------------------------------------------
+
+SAMPLES = {  # kind -> (a value as the environment spells it, the coerced value)
+    "str": ("some-value", "some-value"),
+    "bool": ("yes", True),
+    "path": ("sub/dir", ROOT / "sub/dir"),
+    "arch": ("aarch64", "arm64"),
+    "arches": ("x86_64, s390x", ("amd64", "s390x")),
+    "list": ("a.example b.example", ("a.example", "b.example")),
+    "mapping": ("A=1,B=2", {"A": "1", "B": "2"}),
+    "secret": ("s3cret-value", "s3cret-value"),
+    "registry": ("registry.example:5000/g/", "registry.example:5000/g"),
+}
+
+
+def _sample(option: Option) -> tuple[str, object]:
+    if option.name == "image":
+        return "backend", "backend"
+    if option.name == "build_secrets":
+        return "id=npm,env=NPM_TOKEN id=pip,src=/p", ("id=npm,env=NPM_TOKEN", "id=pip,src=/p")
+    if option.kind == "choice":
+        return option.choices[-1], option.choices[-1]
+    return SAMPLES[option.kind]
+
+
+def test_every_settings_field_is_declared_once_and_every_declaration_is_a_field() -> None:
+    fields = {f.name for f in dataclasses.fields(Settings)} - {"project_dir", "images", "ci"}
+    assert fields == set(OPTION)
+    assert len(OPTIONS) == len(OPTION)  # no name declared twice
+
+
+@pytest.mark.parametrize("option", OPTIONS, ids=[o.name for o in OPTIONS])
+def test_a_declared_setting_is_read_from_each_env_name_and_coerced(option: Option) -> None:
+    raw, expected = _sample(option)
+    for var in option.env_names:
+        value = getattr(resolve({}, {var: raw}), option.name)
+        assert value == expected, var
+    # the first name wins (KILN_<NAME> before the convention aliases)
+    if len(option.env_names) > 1:
+        wins = resolve({}, {option.env_names[0]: raw, option.env_names[1]: "~~bad~~"})
+        assert getattr(wins, option.name) == expected
+    # the same declaration coerces pyproject values and flags
+    assert getattr(resolve({option.key: raw}), option.name) == expected
+    assert getattr(resolve({}, {}, {option.name: raw}), option.name) == expected
+
+
+@pytest.mark.parametrize("option", OPTIONS, ids=[o.name for o in OPTIONS])
+def test_defaults_come_from_the_declaration(option: Option) -> None:
+    value = getattr(resolve(), option.name)
+    if option.default_factory is not None:
+        assert value == option.default_factory()
+    elif option.kind == "path" and option.default is not None:
+        assert value == ROOT / option.default
+    else:
+        assert value == option.default
+
+
+def test_task_help_comes_from_the_declaration() -> None:
+    from kiln.tasks import namespace
+    from kiln.tasks.common import FLAG_HELP, FLAG_OPTIONS
+
+    seen = set()
+    for name in namespace.task_names:
+        for flag, text in FLAG_HELP[name].items():
+            option = FLAG_OPTIONS.get(flag)
+            if option is None or (name == "binfmt-register" and flag == "arch"):
+                continue
+            seen.add(option.name)
+            assert f"(env {', '.join(option.env_names)}" in text, (name, flag, text)
+    assert {"image", "registry", "arch", "arches", "base_image_tag", "dry_run",
+            "json_output", "deps", "push", "strict"} <= seen
+
+
+def test_fallback_env_is_below_pyproject() -> None:
+    env = {"CI_REGISTRY_IMAGE": "registry.gitlab.com/g/p"}
+    assert resolve({}, env).registry == "registry.gitlab.com/g/p"
+    assert resolve({"registry": "own.example/x"}, env).registry == "own.example/x"
+
+
+def test_flag_errors_name_the_flag() -> None:
+    with pytest.raises(ConfigError, match="option --json: invalid value for json_output"):
+        resolve({}, {}, {"json_output": "maybe"})
+    with pytest.raises(ConfigError, match="environment variable IMAGE_NAME: invalid image name"):
+        resolve({}, {"IMAGE_NAME": "../etc"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 
@@ -107,3 +108,38 @@ def test_mr_tag() -> None:
         mr_tag(None)
     with pytest.raises(InputError, match="invalid merge request"):
         mr_tag("7; rm -rf /")
+
+
+# -- p-<id>[-<arch>] has one home ------------------------------------------------------------------
+
+def test_pipeline_tag_and_reference() -> None:
+    from kiln.tag_policy import pipeline_image_ref, pipeline_tag
+
+    assert pipeline_tag("123") == "p-123" == source_tag(_ci("123", True, None, None, None))
+    assert pipeline_tag("123", "aarch64") == "p-123-arm64"
+    assert arch_tag(_ci("9", True, None, None, None), "x86_64") == "p-9-amd64"
+    assert pipeline_image_ref("reg.example/g/", "app", "local", "arm64") == \
+        "reg.example/g/app:p-local-arm64"
+    for bad in ("12 3", "12/34", "", "-1", "x" * 102):
+        with pytest.raises(InputError, match="invalid pipeline id"):
+            pipeline_tag(bad)
+
+
+def test_build_names_pipeline_tags_through_tag_policy() -> None:
+    """The build engine and the registry tasks use the same function: one regex, one spelling."""
+    from kiln import build, tag_policy
+
+    assert build.pipeline_tag is tag_policy.pipeline_tag
+    assert build.image_ref is tag_policy.pipeline_image_ref
+
+
+def test_no_other_module_spells_a_pipeline_tag() -> None:
+    """``p-<id>`` is written only in kiln.tag_policy (a second spelling once had its own regex)."""
+    from pathlib import Path
+
+    import kiln
+
+    spelled = re.compile(r"""f["']p-\{|["']p-["']\s*\+|["']p-%s""")
+    offenders = [str(path) for path in Path(kiln.__file__).parent.rglob("*.py")
+                 if path.name != "tag_policy.py" and spelled.search(path.read_text("utf-8"))]
+    assert offenders == []

@@ -204,3 +204,53 @@ def test_dry_run_reports_a_missing_binfmt_handler(
     assert "PROBLEM" in out and "invoke binfmt-register" in out
     assert "--platform linux/s390x" in out
     assert exit_code(tasks.build_arch, image="base", arch="s390x") == 6
+
+
+# -- task registration and the one task decorator ---------------------------------------------------
+
+def test_a_task_module_that_fails_to_import_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken task module must not silently drop its tasks from the collection."""
+    import importlib
+    import sys
+
+    for name in ("kiln.tasks", "kiln.tasks.mirror"):
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "kiln.tasks.mirror", None)  # "import kiln.tasks.mirror" fails
+    with pytest.raises(ImportError):
+        importlib.import_module("kiln.tasks")
+
+
+def test_every_task_has_dry_run_and_json_and_settings_help() -> None:
+    from kiln.tasks import namespace
+    from kiln.tasks.common import FLAG_HELP
+
+    assert len(namespace.task_names) == 16
+    for name in namespace.task_names:
+        flags = {arg.name for arg in namespace[name].get_arguments()}
+        helps = FLAG_HELP[name]
+        assert {"dry_run", "json"} <= flags and flags == set(helps), name
+        assert "KILN_DRY_RUN" in helps["dry_run"] and "KILN_JSON_OUTPUT" in helps["json"]
+
+
+def test_kiln_task_turns_flags_into_settings(project: Path) -> None:
+    from kiln.settings import Settings
+    from kiln.tasks.common import kiln_task
+
+    seen: list[tuple[Settings, str | None]] = []
+
+    @kiln_task(flags=("image", "deps", "extra"), help={"extra": "a flag of the task's own"})
+    def probe(c: object, settings: Settings, extra: str | None = None) -> None:
+        """Probe."""
+        seen.append((settings, extra))
+
+    assert [a.name for a in probe.get_arguments()] == ["image", "deps", "extra", "dry_run", "json"]
+    run(probe, image="app", deps=False, extra="x", dry_run=True)
+    settings, extra = seen[-1]
+    assert (settings.image, settings.deps, settings.dry_run, extra) == ("app", False, True, "x")
+    run(probe)  # defaults = not given: the environment and pyproject apply
+    assert seen[-1][0].deps is True and seen[-1][0].image is None
+
+    with pytest.raises(TypeError, match="no help"):
+        @kiln_task(flags=("extra",))
+        def no_help(c: object, settings: Settings, extra: str | None = None) -> None:
+            """No help."""

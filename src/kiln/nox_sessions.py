@@ -24,11 +24,15 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import nox
 from nox.sessions import Session
+
+from kiln.errors import KilnError
+from kiln.settings import load_settings
 
 __all__ = [
     "deploy_mr",
@@ -163,17 +167,18 @@ def _invoke_tasks(session: Session) -> set[str]:
     return {task["name"] for task in data.get("tasks", [])}
 
 
-def build_files(project: Path) -> list[Path]:
-    """The build files of a project: ``builds/*.in`` (KILN_BUILDS_DIR or [tool.kiln] builds-dir)."""
-    builds = os.environ.get("KILN_BUILDS_DIR")
-    if not builds:
-        kiln_config = _pyproject(project).get("tool", {})
-        builds = str(kiln_config.get("kiln", {}).get("builds-dir", "builds"))
-    return sorted((project / builds).glob("*.in"))
+def build_files(project: Path, env: Mapping[str, str] | None = None) -> list[Path]:
+    """The build files of a project: ``<builds_dir>/*.in``, where the builds folder is what the
+    tasks use (kiln's settings: KILN_BUILDS_DIR, [tool.kiln] builds-dir, default builds)."""
+    settings = load_settings(project, os.environ if env is None else env)
+    return sorted(settings.builds_dir.glob("*.in"))
 
 
 def _hadolint(session: Session, project: Path) -> None:
-    files = build_files(project)
+    try:
+        files = build_files(project)
+    except KilnError as exc:
+        session.error(str(exc))
     hadolint = shutil.which("hadolint")
     if hadolint is None:
         message = (

@@ -33,6 +33,8 @@ from kiln.settings import OPTIONS, Option, Settings, load_settings
 FLAG_OPTIONS: Mapping[str, Option] = {option.flag_name: option for option in OPTIONS}
 # Every task has these two (added at the end when a task does not place them itself).
 ALWAYS = ("dry_run", "json")
+# Task name -> its flags' help, as given to invoke (which consumes its copy when it parses).
+FLAG_HELP: dict[str, Mapping[str, str]] = {}
 
 TaskBody = Callable[..., None]
 
@@ -122,6 +124,7 @@ def kiln_task(*, flags: Sequence[str] = (), help: Mapping[str, str] | None = Non
         run.__doc__ = body.__doc__
         run.__module__ = body.__module__
         run.__signature__ = inspect.Signature(signature)  # type: ignore[attr-defined]
+        FLAG_HELP[name] = dict(helps)
         made: Task[Any] = task(help=helps, **task_options)(run)
         return made
 
