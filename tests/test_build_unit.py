@@ -40,13 +40,7 @@ def test_invalid_pipeline_id_is_an_input_error() -> None:
         build.pipeline_tag("12 3")
 
 
-@pytest.mark.parametrize(("registry", "loopback"), [
-    ("127.0.0.1:5000", True), ("127.0.0.1:5000/mirror", True), ("localhost:1234/x", True),
-    ("localhost", True), ("[::1]:5000", True), ("registry.gitlab.com/g/p", False),
-    ("quay.io", False), ("127.0.0.2:5000", False), ("localhost.example.com/x", False),
-])
-def test_loopback_registries(registry: str, loopback: bool) -> None:
-    assert build.is_loopback(registry) is loopback
+# loopback registries: tests/test_registry_access.py (kiln.registry.access.is_loopback)
 
 
 def test_push_format_keeps_docker_v2s2() -> None:
@@ -294,20 +288,11 @@ CI_ENV = {"CI": "true", "CI_PIPELINE_ID": "5", "CI_REGISTRY": "registry.example"
           "CI_REGISTRY_PASSWORD": "hunter2-very-secret"}
 
 
-def test_auth_config_only_for_our_registry_hosts() -> None:
-    data = build.auth_config(settings(CI_ENV), {"auths": {"quay.io": {"auth": "x"}}})
-    auths = data["auths"]
-    assert isinstance(auths, dict)
-    assert set(auths) == {"quay.io", "registry.example"}
-    import base64
-    assert base64.b64decode(auths["registry.example"]["auth"]).decode() == (
-        "ci-user:hunter2-very-secret")
-
-
 def test_password_never_on_a_command_line(tmp_path: Path) -> None:
     s = settings(CI_ENV)
     target = build.resolve_target(s, None)
-    with build.registry_auth(s) as authfile:
+    with build.registry_access(s, target) as tools:
+        authfile = tools.authfile
         assert authfile is not None
         argv = build.build_command(Buildah(), s, _step(), target, containerfile=Path("/c"),
                                    labels={}, authfile=authfile)
@@ -321,10 +306,11 @@ def test_password_never_on_a_command_line(tmp_path: Path) -> None:
 
 def test_registry_auth_passes_a_configured_auth_file_through(tmp_path: Path) -> None:
     s = settings({"REGISTRY_AUTH_FILE": str(tmp_path / "auth.json")})
-    with build.registry_auth(s) as authfile:
-        assert authfile == tmp_path / "auth.json"
-    with build.registry_auth(settings()) as authfile:
-        assert authfile is None
+    target = build.resolve_target(s, None)
+    with build.registry_access(s, target) as tools:
+        assert tools.authfile == tmp_path / "auth.json"
+    with build.registry_access(settings(), target) as tools:
+        assert tools.authfile is None
 
 
 # -- build files and failures ------------------------------------------------------------------
@@ -396,7 +382,8 @@ def test_loopback_tls_keeps_verification_and_ca_bundle_becomes_a_cert_dir(
     s = settings({"KILN_LOOPBACK_TLS": "true", "KILN_CA_BUNDLE": str(bundle)})
     local = Target("127.0.0.1:5000", "127.0.0.1:5000/mirror", push=True, local=True)
     assert build.tls_verify_for(s, local) is True
-    with build.registry_certs(s) as certs:
+    with build.registry_access(s, local) as tools:
+        certs = tools.cert_dir
         assert certs is not None and (certs / "ca.crt").read_text() == bundle.read_text()
         argv = build.build_command(Buildah(), s, _step(), local, containerfile=Path("/c"),
                                    labels={}, cert_dir=certs)
@@ -405,8 +392,8 @@ def test_loopback_tls_keeps_verification_and_ca_bundle_becomes_a_cert_dir(
         assert push[push.index("--cert-dir") + 1] == str(certs)
         assert "--tls-verify=false" not in argv + push
     assert not certs.exists()
-    with build.registry_certs(settings()) as none:
-        assert none is None
+    with build.registry_access(settings(), local) as tools:
+        assert tools.cert_dir is None
 
 
 UNREACHABLE = ('STEP 1/3: FROM 127.0.0.1:1/mirror/library/busybox:latest\n'
@@ -460,6 +447,7 @@ def test_push_failures_are_registry_errors() -> None:
     assert down.exit_code == 4
     other = build._push_failure(_step(), Result(("b",), 125, "Error: something odd", ""))
     assert isinstance(other, build.RegistryError)
+
 
 # -- credential checks (kiln.credentials) ------------------------------------------------------
 

@@ -309,13 +309,14 @@ def test_auth_files_are_private_and_deleted_after_real_copies(tmp_path: Path,
 
 def test_auth_file_helpers_clean_up_on_errors(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """The three writers (promote's copy, mirror's copier, build's auth file) remove their file
-    even when the work inside fails."""
-    from kiln import build
-    from kiln.mirror import skopeo as mirror_skopeo
+    """The one auth-file writer (kiln.registry.access.tool_access), directly, through the skopeo
+    copier (promote, mirror, seed) and through build, removes its file even when the work inside
+    fails."""
+    from kiln import build, proc, skopeo
+    from kiln.registry import access
     from kiln.settings import Settings
 
-    monkeypatch.setattr(mirror_skopeo.proc, "which", lambda tool: tool)
+    monkeypatch.setattr(proc, "which", lambda tool: tool)
     settings = Settings.resolve(tmp_path, {}, {"CI_REGISTRY_USER": "ci",
                                                "CI_REGISTRY_PASSWORD": "helper-pw-5678"},
                                 {"registry": "registry.example.com/group"})
@@ -325,19 +326,15 @@ def test_auth_file_helpers_clean_up_on_errors(tmp_path: Path,
         pass
 
     writers = [
-        lambda: promote._skopeo_auth(settings, ["registry.example.com"]),
-        lambda: mirror_skopeo.copier_for(settings, {"registry.example.com"}, 0),
-        lambda: build.registry_auth(settings),
+        lambda: access.tool_access(settings, {"registry.example.com"}),
+        lambda: skopeo.copier(settings, {"registry.example.com"}, retries=0),
+        lambda: build.registry_access(settings, build.resolve_target(settings, None)),
     ]
     for writer in writers:
         with pytest.raises(Boom), writer() as handle:
-            if isinstance(handle, list):
-                path = Path(handle[handle.index("--authfile") + 1])
-            elif isinstance(handle, Path):
-                path = handle
-            else:
-                assert handle.options.authfile is not None
-                path = handle.options.authfile
+            tools = handle.tools if isinstance(handle, skopeo.Copier) else handle
+            assert tools.authfile is not None
+            path = tools.authfile
             seen.append(path)
             assert path.stat().st_mode & 0o777 == 0o600
             assert path.parent.stat().st_mode & 0o777 == 0o700

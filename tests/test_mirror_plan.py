@@ -7,11 +7,10 @@ processes (``no_subprocess``).
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 
-from kiln.errors import InputError, RegistryError, RegistryTransientError
+from kiln.errors import InputError, RegistryTransientError
 from kiln.mirror.config import MirrorImage, RateLimitPolicy, parse_config
 from kiln.mirror.plan import Action, ProbeError, estimated_pulls, plan_image
 from kiln.mirror.ratelimit import RateLimitGate, RateLimitStop
@@ -26,10 +25,9 @@ from kiln.mirror.run import (
     run_mirror,
     select,
 )
-from kiln.mirror.skopeo import CopyOptions, CopyRateLimited, classify_failure, copy_args
-from kiln.registry.client import ManifestInfo, RateLimit
-from kiln.registry.media import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST
+from kiln.registry.media import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, ManifestInfo, RateLimit
 from kiln.registry.reference import ImageRef
+from kiln.skopeo import CopyRateLimited
 
 pytestmark = pytest.mark.usefixtures("no_subprocess")
 
@@ -206,32 +204,6 @@ def test_select_by_short_source_and_destination_names() -> None:
 def test_select_nothing_is_an_error() -> None:
     with pytest.raises(InputError, match="matches no image"):
         select(SEVERAL, ["redis*"])
-
-
-# -- skopeo command line ---------------------------------------------------------------------
-
-def test_copy_args_by_digest_all_arches_preserving_digests() -> None:
-    src = ImageRef("docker.io", "library/debian", None, A)
-    dst = ImageRef("127.0.0.1:5000", "mirror/library/debian", "bookworm")
-    args = copy_args(src, dst, CopyOptions(retries=2, authfile=Path("/t/auth.json")),
-                     Path("/t/d"))
-    assert args[:5] == ["skopeo", "copy", "--all", "--preserve-digests", "--quiet"]
-    assert "--retry-times=2" in args
-    assert "--src-tls-verify=true" in args and "--dest-tls-verify=false" in args  # loopback
-    assert args[args.index("--src-authfile") + 1] == "/t/auth.json"
-    assert args[-2:] == [f"docker://docker.io/library/debian@{A}",
-                         "docker://127.0.0.1:5000/mirror/library/debian:bookworm"]
-    with pytest.raises(ValueError):
-        copy_args(ImageRef("docker.io", "x", "t"), dst, CopyOptions(), Path("/t/d"))
-
-
-def test_classify_skopeo_failures() -> None:
-    assert classify_failure("reading manifest: toomanyrequests: You have reached") is \
-        CopyRateLimited
-    assert classify_failure("unauthorized: authentication required") is not RegistryTransientError
-    assert classify_failure("manifest unknown") is RegistryError
-    assert classify_failure("dial tcp 127.0.0.1:1: connect: connection refused") is \
-        RegistryTransientError
 
 
 # -- orchestration ---------------------------------------------------------------------------

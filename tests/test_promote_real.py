@@ -15,7 +15,8 @@ from helpers.images import inspect_raw, push_test_image, skopeo
 from helpers.run import run_kiln
 from kiln.local_registry import AccessRecord, RegistryServer
 from kiln.registry import media
-from kiln.registry.client import Manifest, RegistryClient
+from kiln.registry.client import RegistryClient
+from kiln.registry.media import Manifest
 
 pytestmark = pytest.mark.real
 

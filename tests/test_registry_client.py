@@ -5,18 +5,28 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from helpers.images import push_test_image, skopeo
 from kiln import console
 from kiln.ci_context import CIContext
-from kiln.errors import ConfigError, InputError, RegistryError
+from kiln.errors import (
+    ConfigError,
+    InputError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryTransientError,
+)
 from kiln.local_registry import RegistryServer
 from kiln.promote import Child, Destination, destinations_for, plan_index
 from kiln.redact import Secret
 from kiln.registry import media
+from kiln.registry.access import credentials_for, is_loopback
 from kiln.registry.auth import (
     Credentials,
     actions_for,
@@ -26,14 +36,8 @@ from kiln.registry.auth import (
     parse_challenge,
     scope_for,
 )
-from kiln.registry.client import (
-    Manifest,
-    RateLimit,
-    RegistryClient,
-    _retry_after,
-    credentials_for,
-    is_loopback,
-)
+from kiln.registry.client import RegistryClient, _retry_after
+from kiln.registry.media import Manifest, RateLimit
 from kiln.registry.reference import ImageRef, parse_reference
 from kiln.settings import ImageSettings, Settings
 
@@ -238,6 +242,79 @@ def test_destinations(tmp_path: Path) -> None:
 
 
 # -- against a real registry -------------------------------------------------------------
+
+
+# -- the HTTP flows against an injected transport (fast: no server, no sleeping) -----------------
+
+def _mock_client(handler: Callable[[httpx.Request], httpx.Response], sleeps: list[float],
+                 **kwargs: Any) -> RegistryClient:
+    return RegistryClient("registry.example.com", transport=httpx.MockTransport(handler),
+                          sleep=sleeps.append, **kwargs)
+
+
+MANIFEST = b'{"schemaVersion":2,"mediaType":"' + media.OCI_MANIFEST.encode() + b'"}'
+
+
+def test_retries_5xx_and_429_then_succeeds_honouring_retry_after() -> None:
+    answers = [httpx.Response(503), httpx.Response(429, headers={"Retry-After": "7"}),
+               httpx.Response(200, content=MANIFEST,
+                              headers={"Content-Type": media.OCI_MANIFEST})]
+    sleeps: list[float] = []
+    with _mock_client(lambda request: answers.pop(0), sleeps) as client:
+        manifest = client.get_manifest("team/app", "v1")
+        assert manifest.body == MANIFEST and client.request_count == 3
+    assert len(sleeps) == 2 and sleeps[1] == 7.0
+
+
+def test_gives_up_after_max_attempts_and_never_retries_a_404() -> None:
+    sleeps: list[float] = []
+    with _mock_client(lambda request: httpx.Response(502), sleeps, max_attempts=3) as client:
+        with pytest.raises(RegistryTransientError, match="after 3 attempts"):
+            client.get_manifest("team/app", "v1")
+    assert len(sleeps) == 2
+    with _mock_client(lambda request: httpx.Response(404), sleeps) as client:
+        assert client.head_manifest("team/app", "v1") is None
+        assert client.request_count == 1
+
+
+def test_bearer_flow_fetches_a_scoped_token_once_and_sends_it() -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((str(request.url), request.headers.get("Authorization")))
+        if request.url.host == "auth.example.com":
+            assert request.url.params["scope"] == "repository:team/app:pull"
+            assert request.url.params["service"] == "registry"
+            return httpx.Response(200, json={"token": "bearer-token-xyz", "expires_in": 300})
+        if request.headers.get("Authorization") != "Bearer bearer-token-xyz":
+            return httpx.Response(401, headers={"WWW-Authenticate": (
+                'Bearer realm="https://auth.example.com/token",service="registry"')})
+        return httpx.Response(200, headers={"Docker-Content-Digest": "sha256:" + "b" * 64,
+                                            "Content-Type": media.OCI_MANIFEST,
+                                            "Content-Length": "10"})
+
+    creds = Credentials("bot", Secret("bot-password-1"), "test")
+    with _mock_client(handler, [], credentials=creds) as client:
+        assert client.head_manifest("team/app", "v1") is not None
+        assert client.head_manifest("team/app", "v2") is not None
+    token_requests = [auth for url, auth in seen if "auth.example.com" in url]
+    assert token_requests == ["Basic " + base64.b64encode(b"bot:bot-password-1").decode()]
+    assert seen[-1][1] == "Bearer bearer-token-xyz" and len(seen) == 4
+    assert console.mask("x bearer-token-xyz") == f"x {console.MASK}"
+
+
+def test_refused_credentials_name_registry_repository_and_operation() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'},
+                              json={"errors": [{"code": "UNAUTHORIZED", "message": "no"}]})
+
+    creds = Credentials("bot", Secret("wrong-password-2"), "test")
+    with _mock_client(handler, [], credentials=creds) as client:
+        with pytest.raises(RegistryAuthError) as info:
+            client.put_manifest("team/app", "v1", Manifest.from_bytes(MANIFEST))
+    text = str(info.value) + (info.value.hint or "")
+    assert "registry.example.com" in text and "team/app" in text and "write manifest" in text
+    assert "wrong-password-2" not in text
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,15 @@ thin I/O shell around them. Decisions where the issue was silent:
   something other than ``docker.io``) seeded offline by :mod:`kiln.seed`. ``--no-push`` keeps the
   image in local storage only.
 * **TLS**: ``--tls-verify=false`` when the target or upstream registry is on loopback
-  (127.0.0.1/localhost/[::1], plain HTTP, unless ``loopback_tls``) or ``tls_verify`` is off.
+  (127.0.0.0/8, localhost, ::1: plain HTTP unless ``loopback_tls``) or ``tls_verify`` is off;
+  :mod:`kiln.registry.access` decides, for every tool and the HTTP client alike.
 * **CA bundle**: ``ca_bundle`` is bind-mounted read-only at ``/etc/ssl/certs/ca-certificates.crt``
   for RUN steps only; its content never enters a layer (buildah leaves an empty mount-point file,
   as it does for ``/etc/hosts``). It is also trusted for registry TLS (a temporary
   ``--cert-dir``, added to the system roots), as the registry client does.
 * **Credentials**: ``CI_REGISTRY_USER``/``CI_REGISTRY_PASSWORD`` go into a temporary auth file
-  (mode 0600, deleted afterwards) for our registry host only, never onto a command line.
+  (mode 0600, deleted afterwards; :func:`kiln.registry.access.tool_access`) for our registry host
+  only, never onto a command line.
 * **Dependencies** (``deps``, default on): FROM lines naming ``<registry>/<name>`` where
   ``builds/<name>.in`` exists are our own images. When a dependency's tag (``BASE_IMAGE_TAG``,
   default ``latest``) is absent from the target registry (or, with ``--no-push``, from local
@@ -35,21 +37,17 @@ thin I/O shell around them. Decisions where the issue was silent:
 
 from __future__ import annotations
 
-import base64
-import importlib
-import json
 import os
 import re
 import shlex
-import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kiln import console, credentials, proc, qemu
+from kiln import console, credentials, proc, qemu, seed
 from kiln.arch import normalize_arch
 from kiln.buildah import Buildah, failing_step
 from kiln.containerfile import FromLine, locate_step, parse_from_lines
@@ -63,32 +61,21 @@ from kiln.errors import (
     RegistryTransientError,
     ToolMissingError,
 )
+from kiln.registry import access
+from kiln.registry.access import ToolAccess
+from kiln.registry.client import open_client
 from kiln.settings import Settings, validate_image_name
 from kiln.tag_policy import pipeline_image_ref as image_ref
 from kiln.tag_policy import pipeline_tag
 
 CA_TARGET = "/etc/ssl/certs/ca-certificates.crt"
 LOCAL_PLACEHOLDER = "127.0.0.1:<port>"
-_LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 
 
 # -- names and references (pure) -----------------------------------------------------------
 
 # p-<id>[-<arch>] (pipeline_tag, image_ref) has one home: kiln.tag_policy (docs/tags.md).
 
-
-def registry_host(registry: str) -> str:
-    """The host part of a repository prefix (``registry.gitlab.com/group/x`` -> host)."""
-    return registry.split("/", 1)[0]
-
-
-def is_loopback(registry: str) -> bool:
-    host = registry_host(registry)
-    if host.startswith("["):
-        host = host.split("]")[0] + "]"
-    else:
-        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return host in _LOOPBACK
 
 
 def push_format(image_format: str) -> str:
@@ -221,16 +208,12 @@ class Target:
 
 
 def resolve_target(settings: Settings, local_address: str | None) -> Target:
-    """The target for these settings; ``local_address`` is the embedded registry (if running)."""
-    if settings.registry:
-        return Target(settings.registry, settings.upstream_registry,
+    """The target for these settings; ``local_address`` is the embedded registry (if running).
+    Which registry: :func:`kiln.registry.access.configured_registry` decides."""
+    configured = access.configured_registry(settings)
+    if configured is not None:
+        return Target(configured, settings.upstream_registry,
                       True if settings.push is None else settings.push)
-    if settings.ci.in_ci:
-        raise ConfigError(
-            "no registry configured in CI",
-            hint="set CI_REGISTRY_IMAGE (GitLab sets it when the project registry is enabled) "
-                 "or KILN_REGISTRY",
-        )
     address = local_address or LOCAL_PLACEHOLDER
     upstream = settings.upstream_registry
     if upstream == "docker.io":
@@ -326,16 +309,10 @@ def plan_builds(
 
 # -- argv (pure) ------------------------------------------------------------------------------
 
-def plain_http(settings: Settings, registry: str) -> bool:
-    """Loopback registries speak plain HTTP (the embedded and test registries) unless
-    ``loopback_tls`` says they have TLS."""
-    return is_loopback(registry) and not settings.loopback_tls
-
-
 def tls_verify_for(settings: Settings, target: Target) -> bool:
     """``--tls-verify`` of a build: off when a registry it pulls from speaks plain HTTP."""
-    return settings.tls_verify and not (plain_http(settings, target.registry)
-                                        or plain_http(settings, target.upstream_registry))
+    return (access.tls_verify(settings, target.registry)
+            and access.tls_verify(settings, target.upstream_registry))
 
 
 def build_command(buildah: Buildah, settings: Settings, step: Step, target: Target, *,
@@ -366,28 +343,24 @@ def push_command(buildah: Buildah, settings: Settings, step: Step, target: Targe
     return buildah.push_command(
         step.ref,
         manifest_format=push_format(settings.image_format),
-        tls_verify=settings.tls_verify and not plain_http(settings, target.registry),
+        tls_verify=access.tls_verify(settings, target.registry),
         authfile=authfile,
         digestfile=digestfile,
         cert_dir=cert_dir,
     )
 
 
-def auth_config(settings: Settings, base: Mapping[str, object] | None = None) -> dict[str, object]:
-    """A containers auth file with the CI user/password for our registry host(s) only."""
-    data: dict[str, object] = dict(base or {})
-    auths = dict(data.get("auths", {}) or {})  # type: ignore[call-overload]
-    if settings.registry_user and settings.registry_password:
-        token = base64.b64encode(
-            f"{settings.registry_user}:{settings.registry_password}".encode()
-        ).decode()
-        hosts = {registry_host(settings.registry)} if settings.registry else set()
-        if settings.ci.registry:
-            hosts.add(settings.ci.registry)
-        for host in sorted(hosts):
-            auths[host] = {"auth": token}
-    data["auths"] = auths
-    return data
+def registry_hosts(settings: Settings, target: Target) -> set[str]:
+    """The hosts a build pulls from and pushes to, plus our own registry hosts: the ones whose
+    credentials buildah gets (:func:`kiln.registry.access.tool_access`)."""
+    return access.own_registry_hosts(settings) | {
+        access.registry_host(target.registry), access.registry_host(target.upstream_registry)}
+
+
+def registry_access(settings: Settings, target: Target) -> AbstractContextManager[ToolAccess]:
+    """buildah's auth file and cert dir (temporary, removed afterwards); the configured auth
+    file's entries are kept, since FROM lines may name any registry."""
+    return access.tool_access(settings, registry_hosts(settings, target), keep_auth_file=True)
 
 
 # -- I/O ----------------------------------------------------------------------------------
@@ -468,51 +441,8 @@ def source_metadata(settings: Settings,
     return source, revision, created
 
 
-@contextmanager
-def registry_auth(settings: Settings) -> Iterator[Path | None]:
-    """An auth file for buildah, without ever putting a password on a command line.
-
-    With CI user/password kiln writes a temporary file (mode 0600 in a 0700 folder, merged with
-    ``auth_file`` if any) and deletes it afterwards; otherwise ``auth_file`` as it is.
-    """
-    if not (settings.registry_user and settings.registry_password):
-        yield settings.auth_file
-        return
-    base: dict[str, object] = {}
-    if settings.auth_file is not None and settings.auth_file.is_file():
-        try:
-            base = json.loads(settings.auth_file.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise ConfigError(f"{settings.auth_file}: not a JSON auth file ({exc})") from exc
-    folder = Path(tempfile.mkdtemp(prefix="kiln-auth-"))
-    path = folder / "auth.json"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(auth_config(settings, base), handle)
-        yield path
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@contextmanager
-def registry_certs(settings: Settings) -> Iterator[Path | None]:
-    """A ``--cert-dir`` trusting ``ca_bundle`` for registry TLS (added to the system roots), so
-    one setting covers a private CA / TLS interception for pulls, pushes and RUN steps."""
-    if settings.ca_bundle is None:
-        yield None
-        return
-    folder = Path(tempfile.mkdtemp(prefix="kiln-certs-"))
-    try:
-        shutil.copyfile(settings.ca_bundle, folder / "ca.crt")
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def _exists_check(settings: Settings, target: Target, buildah: Buildah,
                   registry_up: bool) -> Callable[[str], bool]:
-    from kiln.registry.client import open_client
     from kiln.registry.reference import parse_reference
 
     cache: dict[str, bool] = {}
@@ -533,17 +463,12 @@ def _exists_check(settings: Settings, target: Target, buildah: Buildah,
 
 
 def _local_target(settings: Settings) -> tuple[Target, bool]:
-    """The target, starting the embedded registry if it is the target (not in a dry run)."""
-    if settings.registry or settings.ci.in_ci:
+    """The target, and whether its registry is up (the embedded registry is started when it is
+    the target, except in a dry run)."""
+    chosen = access.target_registry(settings)
+    if not chosen.local:
         return resolve_target(settings, None), True
-    from kiln.local_registry import local_registry_status, start_local_registry
-
-    if settings.dry_run:
-        state = local_registry_status(settings.state_dir)
-        return resolve_target(settings, state.address if state else None), state is not None
-    state = start_local_registry(settings.state_dir)
-    console.step(f"embedded local registry at {state.address}")
-    return resolve_target(settings, state.address), True
+    return resolve_target(settings, chosen.prefix), chosen.prefix is not None
 
 
 def plan(settings: Settings, image: str, arch: str | None = None) -> tuple[Target, list[Step]]:
@@ -598,10 +523,10 @@ def build(settings: Settings, image: str, arch: str | None = None) -> list[Build
     if settings.dry_run:
         return _print_plan(settings, buildah, target, steps, labels, problems)
     results: list[BuildResult] = []
-    with registry_auth(settings) as authfile, registry_certs(settings) as cert_dir:
+    with registry_access(settings, target) as tools:
         for step in steps:
-            results.append(_run_step(settings, buildah, target, step, labels, authfile,
-                                     cert_dir))
+            results.append(_run_step(settings, buildah, target, step, labels, tools.authfile,
+                                     tools.cert_dir))
     return results
 
 
@@ -644,11 +569,6 @@ def _seed(settings: Settings, target: Target, step: Step, *, dry_run: bool) -> l
     names = upstream_names(step.froms, target.upstream_registry)
     if not names:
         return []
-    try:
-        seed = importlib.import_module("kiln.seed")
-    except ModuleNotFoundError:  # pragma: no cover - until kiln.seed lands
-        console.warn("kiln.seed is not available: upstream images are not seeded offline")
-        return []
     seedable = [n for n in names if n in seed.UPSTREAM_IMAGES]
     unknown = [n for n in names if n not in seed.UPSTREAM_IMAGES]
     if dry_run:
@@ -658,8 +578,6 @@ def _seed(settings: Settings, target: Target, step: Step, *, dry_run: bool) -> l
         for ref in pushed:
             console.step(f"seeded {ref}")
     if unknown:
-        from kiln.registry.client import open_client
-
         with open_client(target.registry, settings) as client:
             for name in unknown:
                 repo, _, tag = name.partition(":")
@@ -799,12 +717,9 @@ def _push_failure(step: Step, result: proc.Result) -> KilnError:
 def _print_plan(settings: Settings, buildah: Buildah, target: Target, steps: Sequence[Step],
                 labels: Mapping[str, str], problems: Sequence[str] = ()) -> list[BuildResult]:
     """The dry run: what would happen, as exact commands, on stdout (and what would fail)."""
-    authfile = None
-    if settings.registry_user and settings.registry_password:
-        authfile = Path("<temporary auth file, mode 0600>")
-    elif settings.auth_file:
-        authfile = settings.auth_file
-    cert_dir = Path("<temporary cert dir with the CA bundle>") if settings.ca_bundle else None
+    planned = access.planned_tool_access(settings, registry_hosts(settings, target),
+                                         keep_auth_file=True)
+    authfile, cert_dir = planned.authfile, planned.cert_dir
     lines = ["# kiln build plan (dry run: nothing is built, written or pushed)"]
     lines += [f"# PROBLEM (the real run stops here): {p}" for p in problems]
     if target.local:

@@ -1,6 +1,7 @@
 """Registry-side promotion: ``manifest``, ``tag``, ``deploy-production``, ``deploy-mr``, ``stop-mr``.
 
-Every operation here moves manifests, never layers (REFERENCE §4, §7):
+Every operation here moves manifests, never layers (``docs/tags.md``,
+``docs/registry-operations.md``):
 
 * ``manifest`` reads each per-arch image ``p-<id>-<arch>`` (one manifest GET and its small config
   blob, to check the architecture) and writes one index ``p-<id>`` whose children are exactly
@@ -22,7 +23,8 @@ Every operation here moves manifests, never layers (REFERENCE §4, §7):
 An image may have several destinations (``[tool.kiln.images.<name>] destinations``). The source
 ``p-<id>`` lives where ``build``/``manifest`` pushed it (``settings.registry``); a destination in
 another repository first receives the manifest with all its blobs through ``skopeo copy --all
---preserve-digests`` (digest-pinned, so the digest is the same everywhere), then the remaining
+--preserve-digests`` (:mod:`kiln.skopeo`; digest-pinned, so the digest is the same everywhere;
+credentials through :func:`kiln.registry.access.tool_access`), then the remaining
 tags are manifest PUTs. A private image is never sent to a public registry: that is a
 configuration error raised before anything is written.
 
@@ -33,26 +35,20 @@ are printed and skipped.
 
 from __future__ import annotations
 
-import base64
-import json
-import os
 import secrets
 import shlex
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from kiln import console, proc
+from kiln import console, skopeo
 from kiln.arch import normalize_arch
 from kiln.ci_context import CIContext
 from kiln.errors import ConfigError, InputError, RegistryError
 from kiln.registry import media
-from kiln.registry.client import Manifest, ManifestInfo, RegistryClient, credentials_for, is_loopback
-from kiln.registry.reference import split_repository, validate_repository, validate_tag
+from kiln.registry.client import RegistryClient
+from kiln.registry.media import Manifest, ManifestInfo
+from kiln.registry.reference import ImageRef, split_repository, validate_repository, validate_tag
 from kiln.settings import Settings
 from kiln.tag_policy import arch_tag, source_tag
 
@@ -338,73 +334,30 @@ def remove_tag(reg: Registry, tag: str) -> Result:
 # -- several destinations ----------------------------------------------------------------------
 
 
-@contextmanager
-def _skopeo_auth(settings: Settings, hosts: Sequence[str]) -> Iterator[list[str]]:
-    """skopeo arguments with credentials in a private temporary auth file (never in argv).
-
-    The file is created with mode 0600 in a fresh 0700 directory and deleted when the copy ends.
-    """
-    auths: dict[str, dict[str, str]] = {}
-    for host in hosts:
-        creds = credentials_for(host, settings)
-        if creds is not None:
-            raw = f"{creds.username}:{creds.password}".encode()
-            auths[host] = {"auth": base64.b64encode(raw).decode()}
-            console.register_secret(auths[host]["auth"])
-    if not auths:
-        yield []
-        return
-    folder = tempfile.mkdtemp(prefix="kiln-auth-")
-    path = Path(folder) / "auth.json"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"auths": auths}, handle)
-        yield ["--authfile", str(path)]
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _tls_args(flag: str, host: str, settings: Settings) -> list[str]:
-    if is_loopback(host) and not settings.loopback_tls:
-        return [f"--{flag}-tls-verify=false"]
-    if not settings.tls_verify:
-        return [f"--{flag}-tls-verify=false"]
-    return []
-
-
-def copy_command(settings: Settings, source: Destination, digest: str, dest: Destination,
-                 tag: str, *, auth: Sequence[str] = (), cert_dir: str | None = None) -> list[str]:
-    """The exact ``skopeo copy`` argv of :func:`copy_between` (pure)."""
-    certs = ["--src-cert-dir", cert_dir, "--dest-cert-dir", cert_dir] if cert_dir else []
-    return ["skopeo", "copy", "--all", *certs, "--preserve-digests", "--retry-times", "3", *auth,
-            *_tls_args("src", source.host, settings), *_tls_args("dest", dest.host, settings),
-            f"docker://{source.name}@{digest}", f"docker://{dest.name}:{tag}"]
+def copy_refs(source: Destination, digest: str, dest: Destination,
+              tag: str) -> tuple[ImageRef, ImageRef]:
+    """The two references of a cross-registry copy: the source by digest, the destination tag."""
+    return (ImageRef(source.host, source.repository, None, digest),
+            ImageRef(dest.host, dest.repository, validate_tag(tag), None))
 
 
 def copy_between(settings: Settings, source: Destination, digest: str, dest: Destination,
                  tag: str, *, dry_run: bool, log: Callable[[Op], None]) -> None:
     """Copy ``source@digest`` with all its architectures to ``dest:tag``, digests preserved."""
+    src_ref, dest_ref = copy_refs(source, digest, dest, tag)
+    hosts = {source.host, dest.host}
     if dry_run:
-        needs_auth = any(credentials_for(h, settings) is not None
-                         for h in (source.host, dest.host))
-        argv = copy_command(settings, source, digest, dest, tag,
-                            auth=["--authfile", "<temporary auth file, mode 0600>"]
-                            if needs_auth else [],
-                            cert_dir="<temporary cert dir>" if settings.ca_bundle else None)
+        argv = skopeo.planned_copy_argv(settings, hosts, skopeo.docker_ref(src_ref),
+                                        skopeo.docker_ref(dest_ref))
         log(Op("COPY", dest.name, tag, f"dry run: {shlex.join(argv)}"))
         return
     log(Op("COPY", dest.name, tag, f"skopeo copy --all {source}@{digest}"))
-    with _skopeo_auth(settings, [source.host, dest.host]) as auth:
-        if settings.ca_bundle is not None:
-            with tempfile.TemporaryDirectory(prefix="kiln-certs-") as certs:
-                (Path(certs) / "ca.crt").write_bytes(settings.ca_bundle.read_bytes())
-                proc.run(copy_command(settings, source, digest, dest, tag, auth=auth,
-                                      cert_dir=certs),
-                         error=RegistryError, what="copy to another registry")
-                return
-        proc.run(copy_command(settings, source, digest, dest, tag, auth=auth),
-                 error=RegistryError, what="copy to another registry")
+    with skopeo.copier(settings, hosts) as copier:
+        written = copier.copy(src_ref, dest_ref)
+    if written and written != digest:
+        raise RegistryError(f"{dest.name}:{tag}: the copy wrote {written}, not {digest}",
+                            hint="the destination registry rewrote the manifest; kiln keeps "
+                                 "digests identical across registries")
 
 
 ClientFactory = Callable[[str], RegistryClient]

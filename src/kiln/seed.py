@@ -47,10 +47,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from kiln import console, proc
+from kiln import console, proc, skopeo
 from kiln.arch import host_arch, normalize_arch
 from kiln.buildah import Buildah
-from kiln.errors import InputError, KilnError, RegistryError, ToolMissingError
+from kiln.errors import InputError, KilnError, ToolMissingError
+from kiln.registry.client import open_client
+from kiln.registry.media import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Manifest, digest_of
+from kiln.registry.reference import split_repository
 from kiln.settings import Settings
 
 # Every file of a seeded root filesystem gets this mtime, and the images this created time:
@@ -64,8 +67,6 @@ DEBIAN_PACKAGES: tuple[str, ...] = (
 )
 BUSYBOX_ARCHES: tuple[str, ...] = ("amd64", "arm64")
 MIRROR_PREFIX = "mirror"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 # Bump when the way images are made changes, so cached images are made again.
 _RECIPE_VERSION = 1
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -292,16 +293,8 @@ class _Context:
 
     def repository(self, repository: str) -> tuple[str, str]:
         """(registry host, full repository path) of ``mirror/<repository>``."""
-        from kiln.registry.reference import split_repository
-
         host, prefix = split_repository(self.registry)
         return host, "/".join(p for p in (prefix, MIRROR_PREFIX, repository) if p)
-
-    @property
-    def plain_http(self) -> bool:
-        from kiln.build import plain_http
-
-        return plain_http(self.settings, self.registry)
 
 
 @contextmanager
@@ -315,8 +308,6 @@ def _lock(path: Path) -> Iterator[None]:
 
 
 def _registry_has(ctx: _Context, repository: str, tag: str) -> bool:
-    from kiln.registry.client import open_client
-
     host, path = ctx.repository(repository)
     with open_client(host, ctx.settings) as client:
         return client.head_manifest(path, tag) is not None
@@ -359,22 +350,13 @@ def _cached(layout: Path) -> bool:
 
 
 def _copy_to_registry(ctx: _Context, layout: Path, ref: str) -> tuple[str, int]:
-    """``skopeo copy --preserve-digests dir:<layout> docker://<ref>``: the cached bytes as they
-    are. Returns the manifest's (digest, size)."""
-    from kiln.build import registry_auth, registry_certs
-
-    argv = ["skopeo", "copy", "--quiet", "--preserve-digests"]
-    if ctx.plain_http or not ctx.settings.tls_verify:
-        argv.append("--dest-tls-verify=false")
-    with registry_auth(ctx.settings) as authfile, registry_certs(ctx.settings) as cert_dir:
-        if authfile is not None:
-            argv += ["--dest-authfile", str(authfile)]
-        if cert_dir is not None:
-            argv += ["--dest-cert-dir", str(cert_dir)]
-        proc.run([*argv, f"dir:{layout}", f"docker://{ref}"], error=RegistryError,
-                 what=f"push of {ref}")
+    """``skopeo copy --preserve-digests dir:<layout> docker://<ref>`` (:mod:`kiln.skopeo`): the
+    cached bytes as they are. Returns the manifest's (digest, size)."""
+    host = split_repository(ctx.registry)[0]
+    with skopeo.copier(ctx.settings, {host}) as copier:
+        copier.copy_to(f"dir:{layout}", f"docker://{ref}", f"push of {ref}")
     body = (layout / "manifest.json").read_bytes()
-    return "sha256:" + hashlib.sha256(body).hexdigest(), len(body)
+    return digest_of(body), len(body)
 
 
 # -- debian ---------------------------------------------------------------------------------
@@ -491,8 +473,6 @@ def _seed_busybox(ctx: _Context, ref: str) -> list[str]:
 
 def _put_list(ctx: _Context, repository: str, tag: str, body: bytes) -> None:
     """The manifest list, written last (its children exist by then): one PUT."""
-    from kiln.registry.client import Manifest, open_client
-
     host, path = ctx.repository(repository)
     with open_client(host, ctx.settings) as client:
         client.put_manifest(path, tag, Manifest.from_bytes(body, DOCKER_MANIFEST_LIST))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from kiln.errors import RegistryTransientError
 from kiln.mirror.config import RateLimitPolicy
-from kiln.registry.client import RateLimit
+from kiln.registry.media import RateLimit
 
 
 class RateLimitStop(RegistryTransientError):

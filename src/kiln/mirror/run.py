@@ -22,15 +22,17 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Protocol
 
-from kiln import console
+from kiln import console, skopeo
 from kiln.errors import ConfigError, InputError, KilnError
 from kiln.mirror.config import MirrorConfig, MirrorImage, config_path, load_config
 from kiln.mirror.plan import Action, Plan, Probe, ProbeError, plan_image
 from kiln.mirror.ratelimit import RateLimitGate, RateLimitStop
-from kiln.mirror.skopeo import CopyRateLimited, copier_for, planned_copy_command
-from kiln.registry.client import ManifestInfo, RateLimit, RegistryClient
+from kiln.registry import access
+from kiln.registry.client import RegistryClient
+from kiln.registry.media import ManifestInfo, RateLimit
 from kiln.registry.reference import ImageRef
 from kiln.settings import Settings
+from kiln.skopeo import CopyRateLimited
 
 
 class MirrorFailed(KilnError):
@@ -395,19 +397,13 @@ def failure_of(report: MirrorReport) -> MirrorFailed | None:
 # -- from settings -----------------------------------------------------------------------------
 
 def destination_registry(settings: Settings, *, start: bool = True) -> str | None:
-    """``${REGISTRY}`` for the mirror file: the registry setting; outside CI, the embedded local
-    registry (started on demand, as ``build`` does; a dry run only uses a running one)."""
-    if settings.registry:
-        return settings.registry
-    if settings.ci.in_ci:
+    """``${REGISTRY}`` for the mirror file: the registry :func:`kiln.registry.access.target_registry`
+    picks (the embedded local one is started on demand; a dry run only uses a running one).
+    ``None`` in CI without a registry: the mirror file may not need ``${REGISTRY}``."""
+    try:
+        return access.target_registry(settings, start=start).prefix
+    except ConfigError:
         return None
-    from kiln.local_registry import local_registry_status, start_local_registry
-
-    state = local_registry_status(settings.state_dir)
-    if state is None and start and not settings.dry_run:
-        state = start_local_registry(settings.state_dir)
-        console.step(f"embedded local registry at {state.address}")
-    return state.address if state is not None else None
 
 
 def config_variables(settings: Settings, env: Mapping[str, str] | None = None, *,
@@ -483,8 +479,8 @@ def mirror(settings: Settings, *, config: str | Path | None = None, only: Iterab
                 report = run_mirror(images, head=head, copier=None, gate=gate, jobs=workers,
                                     dry_run=True, progress=progress)
             else:
-                with copier_for(settings, hosts, loaded.retries) as copier:
-                    report = run_mirror(images, head=head, copier=copier, gate=gate,
+                with skopeo.copier(settings, hosts, retries=loaded.retries) as skopeo_copier:
+                    report = run_mirror(images, head=head, copier=skopeo_copier, gate=gate,
                                         jobs=workers, progress=progress)
     finally:
         heads.close()
@@ -519,7 +515,8 @@ def plan_operations(settings: Settings, report: MirrorReport, probes: Sequence[t
                 lines.append(f"HEAD   {name}{sep}{reference}  (manifest, done)")
         if o.status == WOULD_COPY and o.plan is not None and o.plan.digest and dst is not None:
             source = ImageRef(src.host, src.repository, None, o.plan.digest)
-            argv = planned_copy_command(settings, hosts, retries, source, dst)
+            argv = skopeo.planned_copy_argv(settings, hosts, skopeo.docker_ref(source),
+                                            skopeo.docker_ref(dst), retries=retries)
             lines.append("would run: " + shlex.join(argv))
         result[o.image.label] = lines
     return result

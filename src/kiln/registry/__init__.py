@@ -1,22 +1,4 @@
-"""kiln's registry access: references, media types, auth and the HTTP client."""
-
-from kiln.registry.client import (
-    Credentials,
-    Manifest,
-    ManifestInfo,
-    RateLimit,
-    RegistryClient,
-    open_client,
-)
-from kiln.registry.reference import ImageRef, parse_reference
-
-__all__ = [
-    "Credentials",
-    "ImageRef",
-    "Manifest",
-    "ManifestInfo",
-    "RateLimit",
-    "RegistryClient",
-    "open_client",
-    "parse_reference",
-]
+"""kiln's registry access, one module per concern (nothing imported here, so importing the pure
+modules never loads the HTTP client): :mod:`.reference` (names), :mod:`.media` (media types and
+the manifest model), :mod:`.auth` (pure credential and challenge parsing), :mod:`.access` (which
+registry, TLS, credentials, auth files for tools) and :mod:`.client` (HTTP)."""

@@ -1,11 +1,13 @@
-"""Registry credentials and the authentication handshake's pure parts.
+"""Registry credentials and the authentication handshake's pure parts (no I/O beyond reading
+the auth files it is given, no console).
 
 Where credentials come from, first match wins: explicit settings (``CI_REGISTRY_USER`` /
 ``CI_REGISTRY_PASSWORD``, for the CI registry's host), then the containers/docker auth files
 (``REGISTRY_AUTH_FILE``, ``${XDG_RUNTIME_DIR}/containers/auth.json``,
 ``~/.config/containers/auth.json``, ``~/.docker/config.json``) — the same files skopeo,
-buildah and docker read. Passwords are :class:`~kiln.settings.Secret` values, registered with the
-console's masking as soon as they are read, and never part of any ``repr`` or error message.
+buildah and docker read. Passwords are :class:`~kiln.redact.Secret` values, never part of any
+``repr`` or error message; :mod:`kiln.registry.access` registers them with the console's masking
+when it looks them up.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kiln import console
 from kiln.errors import ConfigError
-from kiln.settings import Secret
+from kiln.redact import Secret
+
+# The user name docker and the containers tools use with an identity token.
+IDENTITY_TOKEN_USER = "<token>"
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,11 @@ class Credentials:
     def __post_init__(self) -> None:
         if not isinstance(self.password, Secret):
             object.__setattr__(self, "password", Secret(str(self.password)))
-        console.register_secret(str(self.password))
+
+    @property
+    def is_identity_token(self) -> bool:
+        """An auth file's ``identitytoken`` (an OAuth refresh token, not a password)."""
+        return self.username == IDENTITY_TOKEN_USER
 
     def __repr__(self) -> str:
         return f"Credentials(username={self.username!r}, password=***, source={self.source!r})"
@@ -104,8 +112,29 @@ def credentials_from_auth_data(data: Mapping[str, object], host: str, repository
     if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
         return Credentials(str(entry["username"]), Secret(str(entry["password"])), source)
     if isinstance(entry.get("identitytoken"), str) and entry["identitytoken"]:
-        return Credentials("<token>", Secret(str(entry["identitytoken"])), source)
+        return Credentials(IDENTITY_TOKEN_USER, Secret(str(entry["identitytoken"])), source)
     return None
+
+
+def auth_file_entry(credentials: Credentials) -> dict[str, str]:
+    """The ``auths`` entry a containers auth file holds for ``credentials``: ``identitytoken``
+    for an identity token (never sent as a Basic password), else base64 ``auth``."""
+    if credentials.is_identity_token:
+        return {"identitytoken": str(credentials.password)}
+    raw = f"{credentials.username}:{credentials.password}".encode()
+    return {"auth": base64.b64encode(raw).decode()}
+
+
+def auth_file_data(entries: Mapping[str, Credentials],
+                   base: Mapping[str, object] | None = None) -> dict[str, object]:
+    """A containers auth file: ``base`` (an existing file's data) with ``entries`` per host."""
+    data: dict[str, object] = dict(base or {})
+    existing = data.get("auths")
+    auths: dict[str, object] = dict(existing) if isinstance(existing, Mapping) else {}
+    for host in sorted(entries):
+        auths[host] = auth_file_entry(entries[host])
+    data["auths"] = auths
+    return data
 
 
 def credentials_from_files(files: list[Path], host: str,

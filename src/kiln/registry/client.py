@@ -2,7 +2,8 @@
 
 Why our own client rather than skopeo for these operations: retagging, assembling an index and
 removing one tag are pure manifest operations. skopeo and buildah re-check (or re-download) every
-blob to do them; this client sends exactly the requests the operation needs (REFERENCE §7).
+blob to do them; this client sends exactly the requests the operation needs
+(``docs/registry-operations.md``).
 
 Guarantees:
 
@@ -15,12 +16,14 @@ Guarantees:
   honoured); never on other 4xx. A 401/403 is a :class:`RegistryAuthError` naming the registry,
   the repository and the operation.
 * Secrets never appear in messages or ``repr``: passwords are masked, tokens are never printed.
+* The HTTP transport is injectable (``transport=httpx.MockTransport(...)``), so retries and the
+  authentication flows are unit-tested without a server.
 """
 
 from __future__ import annotations
 
+import base64
 import email.utils
-import os
 import random
 import re
 import ssl
@@ -37,17 +40,10 @@ import httpx
 from kiln import console
 from kiln.errors import RegistryAuthError, RegistryError, RegistryTransientError
 from kiln.registry import media
-from kiln.registry.auth import (
-    Challenge,
-    Credentials,
-    actions_for,
-    credentials_from_files,
-    default_auth_files,
-    parse_challenge,
-    scope_for,
-)
-from kiln.registry.reference import DIGEST_RE, api_host, split_repository
-from kiln.settings import Secret
+from kiln.registry.access import credentials_for, is_loopback, plain_http
+from kiln.registry.auth import Challenge, Credentials, actions_for, parse_challenge, scope_for
+from kiln.registry.media import Manifest, ManifestInfo, RateLimit
+from kiln.registry.reference import DIGEST_RE, api_host
 
 if TYPE_CHECKING:
     from kiln.settings import Settings
@@ -58,81 +54,10 @@ __all__ = [
     "ManifestInfo",
     "RateLimit",
     "RegistryClient",
-    "is_loopback",
+    "open_client",
 ]
 
 USER_AGENT = "kiln (+registry client; httpx)"
-_LOOPBACK = re.compile(r"^(?:localhost|127(?:\.\d+){3}|\[::1\])(?::\d+)?$")
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.1, localhost and [::1] (any port): reached over plain HTTP unless TLS is forced."""
-    return bool(_LOOPBACK.match(host))
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    """Docker Hub style ``ratelimit-limit`` / ``ratelimit-remaining`` (``100;w=21600``)."""
-
-    limit: int | None
-    remaining: int | None
-    window_seconds: int | None = None
-
-    @classmethod
-    def from_headers(cls, headers: Mapping[str, str]) -> RateLimit | None:
-        limit = headers.get("ratelimit-limit")
-        remaining = headers.get("ratelimit-remaining")
-        if limit is None and remaining is None:
-            return None
-
-        def number(value: str | None) -> tuple[int | None, int | None]:
-            if value is None:
-                return None, None
-            head, _, rest = value.partition(";")
-            window = None
-            match = re.search(r"w=(\d+)", rest)
-            if match:
-                window = int(match[1])
-            try:
-                return int(head.strip()), window
-            except ValueError:
-                return None, window
-
-        lim, window = number(limit)
-        rem, window2 = number(remaining)
-        return cls(lim, rem, window or window2)
-
-
-@dataclass(frozen=True)
-class ManifestInfo:
-    """What a HEAD tells: digest, media type, size (and the rate limit, where reported)."""
-
-    digest: str
-    media_type: str
-    size: int
-    ratelimit: RateLimit | None = None
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """A manifest as served: exact bytes, their media type, and their digest."""
-
-    media_type: str
-    body: bytes
-    digest: str
-
-    @classmethod
-    def from_bytes(cls, body: bytes, media_type: str | None = None) -> Manifest:
-        return cls(media_type or media.media_type_of(body, None), body, media.digest_of(body))
-
-    @property
-    def is_index(self) -> bool:
-        return media.is_index(self.media_type)
-
-    def __repr__(self) -> str:
-        return f"Manifest({self.media_type!r}, {self.digest}, {len(self.body)} bytes)"
-
-
 @dataclass
 class _Token:
     value: str = ""
@@ -164,6 +89,7 @@ class RegistryClient:
         max_retry_after: float = 120.0,
         timeout: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.host = host
         self.api_host = api_host(host)
@@ -171,6 +97,8 @@ class RegistryClient:
         if self.scheme not in {"http", "https"}:
             raise RegistryError(f"unsupported scheme {scheme!r} for registry {host}")
         self.credentials = credentials
+        if credentials is not None:
+            console.register_secret(str(credentials.password))
         self.max_attempts = max(1, max_attempts)
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -191,6 +119,7 @@ class RegistryClient:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
             follow_redirects=True,
             headers={"User-Agent": USER_AGENT},
+            transport=transport,
         )
 
     def __repr__(self) -> str:
@@ -200,12 +129,11 @@ class RegistryClient:
     # -- construction ----------------------------------------------------------------------
     @classmethod
     def from_settings(cls, host: str, settings: Settings, **kwargs: Any) -> RegistryClient:
-        """A client for ``host`` with TLS and credentials from settings / auth files."""
+        """A client for ``host`` with TLS and credentials decided by :mod:`kiln.registry.access`."""
         kwargs.setdefault("credentials", credentials_for(host, settings))
         kwargs.setdefault("tls_verify", settings.tls_verify)
         kwargs.setdefault("ca_bundle", settings.ca_bundle)
-        if settings.loopback_tls and is_loopback(host):
-            kwargs.setdefault("scheme", "https")
+        kwargs.setdefault("scheme", "http" if plain_http(settings, host) else "https")
         return cls(host, **kwargs)
 
     def close(self) -> None:
@@ -529,8 +457,6 @@ class RegistryClient:
 
 
 def _basic(credentials: Credentials) -> str:
-    import base64
-
     raw = f"{credentials.username}:{credentials.password}".encode()
     return "Basic " + base64.b64encode(raw).decode()
 
@@ -591,25 +517,6 @@ def _next_link(header: str | None, repo: str) -> str:
     if target.startswith(prefix):
         return target[len(prefix):]
     return target
-
-
-def credentials_for(host: str, settings: Settings,
-                    env: Mapping[str, str] | None = None) -> Credentials | None:
-    """Credentials for ``host``: the settings' user/password when ``host`` is the CI / configured
-    registry (never sent elsewhere), else the auth files."""
-    env = os.environ if env is None else env
-    user, password = settings.registry_user, settings.registry_password
-    if user and password:
-        own_hosts = {settings.ci.registry} if settings.ci.registry else set()
-        if settings.registry:
-            own_hosts.add(split_repository(settings.registry)[0])
-        if host in own_hosts:
-            return Credentials(user, Secret(str(password)),
-                               "CI_REGISTRY_USER/CI_REGISTRY_PASSWORD")
-    files = default_auth_files(env)
-    if settings.auth_file is not None and settings.auth_file not in files:
-        files.insert(0, settings.auth_file)
-    return credentials_from_files(files, host)
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,71 @@ def digest_of(data: bytes) -> str:
 
 def is_index(media_type: str) -> bool:
     return media_type in INDEX_TYPES
+
+
+# -- the registry's answers, as values (the client fills them; mirror and promote read them) --
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Docker Hub style ``ratelimit-limit`` / ``ratelimit-remaining`` (``100;w=21600``)."""
+
+    limit: int | None
+    remaining: int | None
+    window_seconds: int | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> RateLimit | None:
+        limit = headers.get("ratelimit-limit")
+        remaining = headers.get("ratelimit-remaining")
+        if limit is None and remaining is None:
+            return None
+
+        def number(value: str | None) -> tuple[int | None, int | None]:
+            if value is None:
+                return None, None
+            head, _, rest = value.partition(";")
+            window = None
+            match = re.search(r"w=(\d+)", rest)
+            if match:
+                window = int(match[1])
+            try:
+                return int(head.strip()), window
+            except ValueError:
+                return None, window
+
+        lim, window = number(limit)
+        rem, window2 = number(remaining)
+        return cls(lim, rem, window or window2)
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    """What a HEAD tells: digest, media type, size (and the rate limit, where reported)."""
+
+    digest: str
+    media_type: str
+    size: int
+    ratelimit: RateLimit | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest as served: exact bytes, their media type, and their digest."""
+
+    media_type: str
+    body: bytes
+    digest: str
+
+    @classmethod
+    def from_bytes(cls, body: bytes, media_type: str | None = None) -> Manifest:
+        return cls(media_type or media_type_of(body, None), body, digest_of(body))
+
+    @property
+    def is_index(self) -> bool:
+        return is_index(self.media_type)
+
+    def __repr__(self) -> str:
+        return f"Manifest({self.media_type!r}, {self.digest}, {len(self.body)} bytes)"
 
 
 def index_type_for(child_type: str) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 from kiln import console, gitops, promote
 from kiln.errors import ConfigError, InputError
 from kiln.promote import Op, Registry, Result
+from kiln.registry import access
 from kiln.registry.client import RegistryClient
 from kiln.settings import DRY_RUN_HELP, Settings
 from kiln.tag_policy import PRODUCTION, mr_tag, source_tag, tags_for
@@ -23,21 +24,12 @@ _MR_HELP = _HELP | {"mr": "merge request iid (default CI_MERGE_REQUEST_IID)"}
 
 
 def _registry(settings: Settings) -> str:
-    """The source registry prefix; the embedded local registry when none is configured."""
-    if settings.registry:
-        return settings.registry
-    if settings.ci.in_ci:
-        raise ConfigError("no registry configured in CI",
-                          hint="set CI_REGISTRY_IMAGE (GitLab does) or KILN_REGISTRY")
-    from kiln.local_registry import local_registry_status, start_local_registry
-
-    state = local_registry_status(settings.state_dir)
-    if state is None:
-        if settings.dry_run:
-            raise ConfigError("the embedded local registry is not running (dry run: not starting it)",
-                              hint="run 'invoke registry-start' or a build first")
-        state = start_local_registry(settings.state_dir)
-    return state.address
+    """The source registry prefix, as :func:`kiln.registry.access.target_registry` picks it."""
+    chosen = access.target_registry(settings)
+    if chosen.prefix is None:
+        raise ConfigError("the embedded local registry is not running (dry run: not starting it)",
+                          hint="run 'invoke registry-start' or a build first")
+    return chosen.prefix
 
 
 def _image(settings: Settings) -> str:
