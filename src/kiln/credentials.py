@@ -1,7 +1,7 @@
 """Keeping credentials out of images: refuse them before a build, find them in a built image.
 
 Build args are recorded in the image's history, ENV and LABEL values in its config: anyone who
-can pull the image can read them (see docs/registry-operations.md). So kiln refuses, before
+can pull the image can read them (see docs/includes.md). So kiln refuses, before
 anything is built:
 
 * a build arg (``--build-arg``, ``build-args`` settings) or a label kiln sets whose *name* looks
