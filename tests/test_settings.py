@@ -255,3 +255,11 @@ def test_flag_errors_name_the_flag() -> None:
         resolve({}, {}, {"json_output": "maybe"})
     with pytest.raises(ConfigError, match="environment variable IMAGE_NAME: invalid image name"):
         resolve({}, {"IMAGE_NAME": "../etc"})
+
+
+def test_options_table_lists_every_setting() -> None:
+    from kiln.settings import options_table
+
+    table = options_table()
+    for option in OPTIONS:
+        assert f"| `{option.key}` | `KILN_{option.name.upper()}`" in table

@@ -274,6 +274,26 @@ OPTIONS: tuple[Option, ...] = (
 OPTION: Mapping[str, Option] = {option.name: option for option in OPTIONS}
 
 
+def options_table() -> str:
+    """Every setting as a Markdown table (``[tool.kiln]`` key, environment, default, meaning),
+    made from :data:`OPTIONS` so docs/settings.md can be checked against the code."""
+    rows = ["| `[tool.kiln]` key | environment (first set wins) | default | meaning |",
+            "|---|---|---|---|"]
+    for option in OPTIONS:
+        if option.default_factory is not None:
+            default = f"{option.default_factory.__name__}()"
+        elif isinstance(option.default, tuple):
+            default = " ".join(option.default) or "(none)"
+        elif option.default in (None, {}):
+            default = "(none)"
+        else:
+            default = str(option.default).lower() if isinstance(option.default, bool) else (
+                str(option.default))
+        env = ", ".join(f"`{name}`" for name in (*option.env_names, *option.fallback_env))
+        rows.append(f"| `{option.key}` | {env} | {default} | {option.help.replace('|', '/')} |")
+    return "\n".join(rows) + "\n"
+
+
 def _setting(name: str) -> Any:
     return OPTION[name].field()
 
