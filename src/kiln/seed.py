@@ -37,7 +37,6 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import tarfile
 import tempfile
 import time
@@ -121,7 +120,8 @@ UPSTREAM_IMAGES: dict[str, UpstreamImage] = {
 # -- pure helpers ---------------------------------------------------------------------------
 
 def mirror_ref(registry: str, name: str) -> str:
-    """``<registry>/mirror/<name>``: where an offline upstream image lives (CONTRACT)."""
+    """``<registry>/mirror/<name>``: where an offline upstream image lives (the local flow's
+    ``UPSTREAM_REGISTRY``, ``docs/registry-operations.md``)."""
     return f"{registry.rstrip('/')}/{MIRROR_PREFIX}/{name}"
 
 
@@ -440,7 +440,7 @@ def _unmount_under(path: Path) -> None:
     except OSError:
         return
     for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+        proc.run(["umount", "-l", point], what=f"umount {point}", check=False)
 
 
 # -- busybox --------------------------------------------------------------------------------
