@@ -303,6 +303,39 @@ def test_bearer_flow_fetches_a_scoped_token_once_and_sends_it() -> None:
     assert console.mask("x bearer-token-xyz") == f"x {console.MASK}"
 
 
+def test_identity_token_is_exchanged_by_post_never_sent_as_basic() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.host == "auth.example.com":
+            return httpx.Response(200, json={"access_token": "access-token-123"})
+        if request.headers.get("Authorization") != "Bearer access-token-123":
+            return httpx.Response(401, headers={"WWW-Authenticate": (
+                'Bearer realm="https://auth.example.com/token",service="registry"')})
+        return httpx.Response(200, content=MANIFEST, headers={"Content-Type": media.OCI_MANIFEST})
+
+    creds = Credentials("<token>", Secret("identity-token-456"), "auth file")
+    with _mock_client(handler, [], credentials=creds) as client:
+        assert client.get_manifest("team/app", "v1").body == MANIFEST
+    token_request = next(r for r in seen if r.url.host == "auth.example.com")
+    assert token_request.method == "POST" and "Authorization" not in token_request.headers
+    form = dict(pair.split("=", 1) for pair in token_request.content.decode().split("&"))
+    assert form["grant_type"] == "refresh_token" and form["refresh_token"] == "identity-token-456"
+    assert form["scope"] == "repository%3Ateam%2Fapp%3Apull" and form["service"] == "registry"
+    assert not any("identity-token-456" in r.headers.get("Authorization", "") for r in seen)
+    # A registry that only offers Basic never gets the identity token as a password.
+    basic_only: list[httpx.Request] = []
+
+    def basic(request: httpx.Request) -> httpx.Response:
+        basic_only.append(request)
+        return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+
+    with _mock_client(basic, [], credentials=creds) as client, pytest.raises(RegistryAuthError):
+        client.get_manifest("team/app", "v1")
+    assert len(basic_only) == 1 and "Authorization" not in basic_only[0].headers
+
+
 def test_refused_credentials_name_registry_repository_and_operation() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'},

@@ -11,7 +11,9 @@ Guarantees:
   with their own Content-Type, so digests never change. Every body is checked against its digest.
 * Authentication: anonymous, Basic, and the Bearer token flow (``WWW-Authenticate`` challenge,
   one token per repository scope with the ``pull``/``push``/``delete`` actions the request needs,
-  cached until it expires). After the first challenge the client authenticates up front.
+  cached until it expires). An auth file's identity token is exchanged as an OAuth2 refresh token
+  (POST to the token service), never sent as a Basic password. After the first challenge the
+  client authenticates up front.
 * Retries with exponential backoff and jitter on connection errors, 5xx and 429 (``Retry-After``
   honoured); never on other 4xx. A 401/403 is a :class:`RegistryAuthError` naming the registry,
   the repository and the operation.
@@ -397,7 +399,8 @@ class RegistryClient:
     def _learn(self, challenge: Challenge, repo: str, needed: frozenset[str]) -> bool:
         """Take a 401 challenge into account; ``False`` if retrying cannot help."""
         if challenge.scheme == "basic":
-            if self.credentials is None or self._auth_scheme == "basic":
+            if (self.credentials is None or self._auth_scheme == "basic"
+                    or self.credentials.is_identity_token):  # never a Basic password
                 return False
             self._auth_scheme = "basic"
             return True
@@ -421,10 +424,20 @@ class RegistryClient:
             if challenge.service:
                 params["service"] = challenge.service
             headers = {}
-            if self.credentials is not None:
-                headers["Authorization"] = _basic(self.credentials)
-            url = challenge.realm + ("&" if "?" in challenge.realm else "?") + urlencode(params)
-            resp = self._send("GET", url, headers, None, repo, "get a registry token")
+            if self.credentials is not None and self.credentials.is_identity_token:
+                # An identity token is an OAuth2 refresh token: exchanged by POST, never sent
+                # as a Basic password (distribution's token spec, "OAuth2 token" flow).
+                form = {**params, "grant_type": "refresh_token", "client_id": "kiln",
+                        "refresh_token": str(self.credentials.password)}
+                headers["Content-Type"] = "application/x-www-form-urlencoded"
+                resp = self._send("POST", challenge.realm, headers, urlencode(form).encode(),
+                                  repo, "get a registry token")
+            else:
+                if self.credentials is not None:
+                    headers["Authorization"] = _basic(self.credentials)
+                url = (challenge.realm + ("&" if "?" in challenge.realm else "?")
+                       + urlencode(params))
+                resp = self._send("GET", url, headers, None, repo, "get a registry token")
             if resp.status_code in (401, 403) and actions != needed:
                 continue
             if resp.status_code != 200:
