@@ -254,3 +254,30 @@ def test_kiln_task_turns_flags_into_settings(project: Path) -> None:
         @kiln_task(flags=("extra",))
         def no_help(c: object, settings: Settings, extra: str | None = None) -> None:
             """No help."""
+
+
+def test_invoke_parse_errors_exit_2_once_kiln_tasks_are_loaded(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """invoke's own program exits 1 on an unknown flag; with kiln's collection it exits 2."""
+    import types
+
+    from invoke.program import Program
+
+    from kiln.tasks import namespace
+    from kiln.tasks.program import KilnProgram, adopt_running_invoke
+
+    running = Program(namespace=namespace, name="Invoke", binary="invoke")
+    monkeypatch.setitem(__import__("sys").modules, "invoke.main",
+                        types.SimpleNamespace(program=running))
+    with pytest.raises(SystemExit) as before:
+        running.run(["invoke", "images", "--bogus"])
+    assert before.value.code == 1
+    adopt_running_invoke()
+    assert type(running) is KilnProgram
+    for argv, message in ((["invoke", "images", "--bogus"], "No idea what '--bogus' is!"),
+                          (["invoke", "nosuch"], "No idea what 'nosuch' is!"),
+                          (["invoke", "build", "--image"], "--image needs a value")):
+        with pytest.raises(SystemExit) as after:
+            running.run(argv)
+        assert after.value.code == 2
+        assert f"error: {message}\n  hint: 'invoke --list'" in capsys.readouterr().err

@@ -2,6 +2,9 @@
 
     from kiln.tasks import namespace  # noqa: F401
 
+With it, ``invoke`` exits 2 on an unknown task or flag, as ``kiln`` does
+(:mod:`kiln.tasks.program`).
+
 Each concern has its own module of thin tasks over the library; this module only assembles them.
 The modules are imported by name, not looked up at run time, so a module that fails to import
 fails loudly instead of silently losing its tasks.
@@ -12,6 +15,7 @@ from __future__ import annotations
 from invoke.collection import Collection
 
 from kiln.tasks import build, mirror, registry
+from kiln.tasks.program import adopt_running_invoke
 
 TASK_MODULES = (build, registry, mirror)
 
@@ -21,3 +25,4 @@ for _module in TASK_MODULES:
         namespace.add_task(_task)
 
 ns = namespace
+adopt_running_invoke()
