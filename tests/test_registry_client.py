@@ -26,12 +26,11 @@ from kiln.local_registry import RegistryServer
 from kiln.promote import Child, Destination, destinations_for, plan_index
 from kiln.redact import Secret
 from kiln.registry import media
-from kiln.registry.access import credentials_for, is_loopback
+from kiln.registry.access import credentials_for, credentials_from_files, is_loopback
 from kiln.registry.auth import (
     Credentials,
     actions_for,
     credentials_from_auth_data,
-    credentials_from_files,
     default_auth_files,
     parse_challenge,
     scope_for,

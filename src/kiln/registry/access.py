@@ -39,7 +39,7 @@ from kiln.registry.auth import (
     Credentials,
     auth_file_data,
     auth_file_entry,
-    credentials_from_files,
+    credentials_from_auth_data,
     default_auth_files,
 )
 from kiln.registry.reference import split_repository
@@ -98,6 +98,26 @@ def own_registry_hosts(settings: Settings) -> set[str]:
 
 
 # -- credentials -------------------------------------------------------------------------------
+
+def credentials_from_files(files: list[Path], host: str,
+                           repository: str = "") -> Credentials | None:
+    """The first auth file that has an entry for ``host`` (unreadable or absent files skipped)."""
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            continue
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: not a JSON object")
+        found = credentials_from_auth_data(data, host, repository, source=str(path))
+        if found is not None:
+            return found
+    return None
+
 
 def credentials_for(host: str, settings: Settings,
                     env: Mapping[str, str] | None = None) -> Credentials | None:

@@ -1,5 +1,5 @@
-"""Registry credentials and the authentication handshake's pure parts (no I/O beyond reading
-the auth files it is given, no console).
+"""Registry credentials and the authentication handshake's pure parts (no I/O, no console):
+auth-file data in and out, ``WWW-Authenticate`` challenges, token scopes.
 
 Where credentials come from, first match wins: explicit settings (``CI_REGISTRY_USER`` /
 ``CI_REGISTRY_PASSWORD``, for the CI registry's host), then the containers/docker auth files
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -135,26 +134,6 @@ def auth_file_data(entries: Mapping[str, Credentials],
         auths[host] = auth_file_entry(entries[host])
     data["auths"] = auths
     return data
-
-
-def credentials_from_files(files: list[Path], host: str,
-                           repository: str = "") -> Credentials | None:
-    """The first auth file that has an entry for ``host`` (unreadable or absent files skipped)."""
-    for path in files:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError:
-            continue
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno})") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: not a JSON object")
-        found = credentials_from_auth_data(data, host, repository, source=str(path))
-        if found is not None:
-            return found
-    return None
 
 
 # -- WWW-Authenticate ------------------------------------------------------------------------
