@@ -14,6 +14,7 @@ APT_PACKAGES=(
   debootstrap                           # offline Debian base image for the Python images
   rsync git openssl ca-certificates     # gitlab-ci-local needs rsync; tests make TLS certs
   apache2-utils                         # htpasswd for the Basic-auth registry tests
+  cpp                                   # GNU cpp: the reference the preprocessor tests compare with
   nodejs npm                            # gitlab-ci-local
 )
 missing=()

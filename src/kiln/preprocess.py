@@ -249,6 +249,7 @@ _TOKEN_RE = re.compile(
             rf"(?P<{_COMMENT}>/{_SPLICE}\*.*?\*{_SPLICE}/)",
             rf"(?P<KILN_OPEN_COMMENT>/{_SPLICE}\*.*\Z)",
             rf"(?P<{_LINECONT}>\\[ \t]*\n)",
+            r"(?P<KILN_ESCAPE>\\(?:[\"']|\\(?![ \t]*\n)))",  # \" opens no quote (as in cpp)
             rf"(?P<{_WS}>[ \t\f\v]+|\n)",
             rf'(?P<{_STRING}>"(?:[^"\\\n]|\\.|\\\Z)*(?:"|(?=\n)|\Z))',
             rf"(?P<{_CHAR}>'(?:[^'\\\n]|\\.|\\\Z)*(?:'|(?=\n)|\Z))",
@@ -420,6 +421,7 @@ class _KilnPreprocessor(Preprocessor):  # type: ignore[misc]
         self._file_order: list[str] = []
         self._raw_text = ""
         self._scan_hazards = True
+        self._lex_cache: dict[str, list[_Token]] = {}  # replacement text -> its tokens
         self._main = main
         super().__init__()
         self.lexer = _TraditionalLexer()
@@ -493,6 +495,8 @@ class _KilnPreprocessor(Preprocessor):  # type: ignore[misc]
         elif text.startswith("Could not evaluate expression"):
             match = _EVAL_ERROR_RE.search(text)
             expr, why = (match.group(2), match.group(1)) if match else ("?", text)
+            if _PYTHON_EXCEPTION_RE.match(why):  # pcpp's evaluator failed: no Python text in messages
+                why = "it is not a valid C integer expression"
             text = f"cannot evaluate #if/#elif expression {expr!r}: {why}" + self._comment_hint()
         elif text == "Bad macro definition":
             text = (
@@ -539,7 +543,11 @@ class _KilnPreprocessor(Preprocessor):  # type: ignore[misc]
                 f"'/*' in {excerpt!r} opens a C comment ({reason}): cpp removes everything up to "
                 f"the next '*/' ({span}): {_shorten(value)!r}{kept}{_GLOB_HINT}",
             )
-        tok.value = ""  # cpp -traditional removes comments completely (a/**/b -> ab)
+        tok.comment_text = value
+        if getattr(tok, "directive_space", False):
+            tok.type, tok.value = _WS, " "  # in a directive (not a replacement text): a space
+        else:
+            tok.value = ""  # cpp -traditional removes comments completely (a/**/b -> ab)
         return True
 
     def on_directive_handle(self, directive: Any, toks: Any, ifpassthru: Any, precedingtoks: Any) -> Any:
@@ -626,12 +634,9 @@ class _KilnPreprocessor(Preprocessor):  # type: ignore[misc]
         self.macros.pop(tokens[0].value, None)
 
     def collect_args(self, tokenlist: Any, ignore_errors: bool = False) -> Any:
-        """pcpp's argument collector, traditional style when invoking a macro.
+        """The parameter list of a function-like ``#define`` (pcpp calls this from ``define``).
 
-        ``ignore_errors`` is True only when pcpp collects invocation arguments; then arguments
-        keep their whitespace and newlines become spaces, as in cpp -traditional. A missing
-        ``)`` is an error (pcpp would silently stop expanding). For a ``#define`` parameter list
-        the arguments are stripped as pcpp expects.
+        Arguments of an invocation are collected by :class:`_Expansion`, cpp -traditional style.
         """
         args: list[list[Any]] = []
         positions: list[int] = []
@@ -640,12 +645,10 @@ class _KilnPreprocessor(Preprocessor):  # type: ignore[misc]
         i = 0
         while i < len(tokenlist) and tokenlist[i].type in self.t_WS:
             i += 1
-        if i < len(tokenlist) and tokenlist[i].value == "(":
-            positions.append(i + 1)
-        else:
-            if not ignore_errors:
-                self.on_error(tokenlist[0].source, tokenlist[0].lineno, "missing '(' in macro parameters")
+        if i >= len(tokenlist) or tokenlist[i].value != "(":
+            self.on_error(tokenlist[0].source, tokenlist[0].lineno, "missing '(' in macro parameters")
             return 0, [], []
+        positions.append(i + 1)
         i += 1
         while i < len(tokenlist):
             tok = tokenlist[i]
@@ -656,7 +659,7 @@ class _KilnPreprocessor(Preprocessor):  # type: ignore[misc]
                 if nesting == 0:
                     args.append(current)
                     positions.append(i)
-                    return i + 1, self._finish_args(args, ignore_errors), positions
+                    return i + 1, [self.tokenstrip(a) for a in args], positions
             elif tok.value == "," and nesting == 1:
                 args.append(current)
                 positions.append(i + 1)
@@ -666,59 +669,19 @@ class _KilnPreprocessor(Preprocessor):  # type: ignore[misc]
             current.append(tok)
             i += 1
         first = tokenlist[0]
-        what = "macro invocation" if ignore_errors else "macro parameter list"
-        self.on_error(first.source, first.lineno, f"unterminated argument list of a {what} (no ')')")
+        message = "unterminated argument list of a macro parameter list (no ')')"
+        self.on_error(first.source, first.lineno, message)
         return 0, [], []
-
-    def _finish_args(self, args: list[list[Any]], invocation: bool) -> list[list[Any]]:
-        if not invocation:
-            return [self.tokenstrip(a) for a in args]
-        finished: list[list[Any]] = []
-        for arg in args:
-            out = []
-            for tok in arg:
-                if tok.type == _WS and "\n" in str(tok.value):
-                    tok = copy.copy(tok)
-                    tok.value = " "
-                out.append(tok)
-            finished.append(out)
-        if len(finished) == 1 and all(t.type in _INVISIBLE for t in finished[0]):
-            return [[]]
-        return finished
 
     def macro_prescan(self, macro: Any) -> None:
         macro.patch, macro.str_patch, macro.var_comma_patch = [], [], []
 
-    def macro_expand_args(self, macro: Any, args: Any) -> list[Any]:
-        """Traditional substitution: no # / ##, parameters replaced inside literals too."""
-        index = {name: n for n, name in enumerate(macro.arglist or [])}
-        expanded: dict[int, list[Any]] = {}
-        result: list[Any] = []
-        for tok in macro.value:
-            if tok.type == _ID and tok.value in index:
-                n = index[tok.value]
-                if n not in expanded:
-                    expanded[n] = self.expand_macros(copy.copy(args[n]))
-                result.extend(copy.copy(t) for t in expanded[n])
-            elif tok.type in (_STRING, _CHAR) and index:
-                new = copy.copy(tok)
-
-                def substitute(match: re.Match[str]) -> str:
-                    n = index.get(match.group())
-                    if n is None:
-                        return match.group()
-                    return "".join("" if t.type == _LINECONT else str(t.value) for t in args[n])
-
-                new.value = _IDENT_RE.sub(substitute, str(tok.value))
-                result.append(new)
-            else:
-                result.append(copy.copy(tok))
-        return result
-
     def expand_macros(self, tokens: Any, expanding_from: Any = None) -> Any:
-        if self._scan_hazards:
-            self._check_expansion_hazards(tokens, expanding_from or [])
-        return super().expand_macros(tokens, [] if expanding_from is None else expanding_from)
+        """Expand macros in ``tokens`` the way cpp -traditional does (see :class:`_Expansion`)."""
+        result = _Expansion(self, hazards=self._scan_hazards).run(list(tokens))
+        if not self._scan_hazards:  # an #if/#elif expression
+            self._check_expression_literals(result)
+        return result
 
     def evalexpr(self, tokens: Any) -> Any:
         if all(t.type in (_MISSING, _WS, _COMMENT) for t in tokens):
@@ -738,73 +701,33 @@ class _KilnPreprocessor(Preprocessor):  # type: ignore[misc]
         finally:
             self._scan_hazards = True
 
-    def _check_expansion_hazards(self, tokens: Sequence[Any], via: list[str]) -> None:
-        """Warn about builtins, ``$MACRO`` references and macros hidden by an unmatched quote.
+    def _check_expression_literals(self, tokens: Sequence[Any]) -> None:
+        """cpp refuses quotes in #if; pcpp would fail with a Python exception text instead."""
+        for tok in tokens:
+            if tok.type not in (_STRING, _CHAR):
+                continue
+            value = str(tok.value)
+            source, line = self._where()
+            name = self.lastdirective.value if self.lastdirective is not None else "if"
+            if getattr(tok, "unterminated", False):
+                what = "character" if value[0] == "'" else "string"
+                raise self.error(
+                    source, line,
+                    f"#{name}: unterminated {what} literal {_shorten(value, 40)!r} (missing closing "
+                    f"{value[0]}); an #if expression is C arithmetic: compare numbers, e.g. "
+                    "'#if VERSION >= 3'",
+                )  # fmt: skip
+            if tok.type == _STRING or value == "''":
+                why = "an empty character constant" if value == "''" else "a string"
+                raise self.error(
+                    source, line,
+                    f"#{name}: {value} is {why}, which is not valid in an #if expression; "
+                    "compare numbers, e.g. '#if VERSION >= 3'",
+                )  # fmt: skip
 
-        ``via`` is non-empty when ``tokens`` is the body of a macro being expanded: then the
-        warning goes to the line that uses the macro, not to its #define.
-        """
-        dollar_refs: dict[tuple[str, int, str], list[str]] = {}
-        for i, tok in enumerate(tokens):
-            source, line = self._use_site(tok, via)
-            if tok.type == _ID:
-                name = str(tok.value)
-                if name in _BUILTINS and (name in self.macros or name in ("__LINE__", "__COUNTER__")):
-                    self._warn_builtin(source, line, name, via)
-                    continue
-                macro = self.macros.get(name)
-                if macro is None:
-                    continue
-                dollar = i > 0 and tokens[i - 1].value == "$"
-                brace = i > 1 and tokens[i - 1].value == "{" and tokens[i - 2].value == "$"
-                if not (dollar or brace) or not self._will_expand(tokens, i, macro):
-                    continue
-                close = "}" if brace and i + 1 < len(tokens) and tokens[i + 1].value == "}" else ""
-                lead = "$" if dollar else "${"
-                ref = f"{lead}{name}{close}"
-                if macro.arglist is None:
-                    what = f"{ref!r} becomes {lead + _text(macro.value) + close!r}"
-                else:
-                    what = f"{ref!r} and its argument list are replaced"
-                if via:
-                    what += f" (in the expansion of {via[-1]})"
-                forms = dollar_refs.setdefault((source, line, name), [])
-                if what not in forms:
-                    forms.append(what)
-            elif tok.type in (_CHAR, _STRING) and getattr(tok, "unterminated", False):
-                value = str(tok.value)
-                names = [m for m in _IDENT_RE.findall(value) if m in self.macros]
-                if names:
-                    self.warn(
-                        source, line,
-                        f"macro {names[0]} is not expanded: it follows an unmatched {value[0]} "
-                        "and cpp reads the rest of the line as a quoted literal",
-                    )  # fmt: skip
-        for (source, line, name), forms in dollar_refs.items():
-            macro = self.macros[name]
-            where = f"#define at {macro.source}:{macro.lineno}" if macro.source else "-D"
-            self.warn(
-                source, line,
-                f"{name} is a macro ({where}), so cpp replaces the shell/Dockerfile variable: "
-                f"{', '.join(forms)}; rename the macro or the variable",
-            )  # fmt: skip
-
-    def _will_expand(self, tokens: Sequence[Any], i: int, macro: Any) -> bool:
-        if macro.arglist is None:
-            return True
-        j = i + 1
-        while j < len(tokens) and tokens[j].type in self.t_WS:
-            j += 1
-        return j < len(tokens) and tokens[j].value == "("
-
-    def _use_site(self, tok: Any, via: list[str]) -> tuple[str, int]:
-        if via and self.linemacro:
-            return str(self.source), int(self.linemacro)
-        return str(tok.source), int(tok.lineno)
-
-    def _warn_builtin(self, source: str, line: int, name: str, via: list[str]) -> None:
+    def _warn_builtin(self, source: str, line: int, name: str, via: list[str], value: str = "") -> None:
         if name == "__LINE__":
-            value = str(line)
+            value = value or str(line)
         elif name == "__COUNTER__":
             value = "a counter (0, 1, ...)"
         else:
@@ -859,6 +782,7 @@ class _KilnPreprocessor(Preprocessor):  # type: ignore[misc]
                     return [self._marker(_BOL, first), *line]
                 break
             return line
+        _mark_directive_comments(line)
         # '#elifdef X' / '#elifndef X' -> '#elif [!]defined X'
         i = 1
         while i < len(line) and line[i].type in (_WS, _COMMENT):
@@ -1049,13 +973,505 @@ class _KilnPreprocessor(Preprocessor):  # type: ignore[misc]
                 )  # fmt: skip
 
 
+# --------------------------------------------------------------------------------------------
+# Macro expansion, cpp -traditional style
+# --------------------------------------------------------------------------------------------
+
+_RECURSION_LIMIT = 20  # cpp -traditional lets a function-like macro re-enter itself this deep
+_NO_TEXT = frozenset({_LINECONT, _BOL, _BLANK, _GCC_SPACE, _MISSING})
+
+
+@dataclass
+class _Context:
+    """Text being scanned: the tokens handed in (``macro`` None) or a macro's replacement."""
+
+    tokens: list[Any]
+    macro: str | None
+    pos: int = 0
+
+
+class _Expansion:
+    """Expands macros in one token list the way GNU cpp -traditional does.
+
+    cpp -traditional scans text, not ISO tokens, and pcpp's expander differs from it in ways
+    that change a Containerfile without any message. What this class does like cpp:
+
+    * A replacement is pushed as a new context and scanned again together with the text after
+      it: a function-like macro's name at the end of a replacement takes its arguments from the
+      text that follows the invocation (``#define q(x) x(4)``: ``q(q)`` is ``4(4)``).
+    * One quote state runs through everything: a replacement that leaves a quote open
+      (``#define SHC sh -c "``) quotes the text after the invocation up to the next quote of the
+      same kind (or the line end), so macro names there are not expanded. A ``/*`` inside such a
+      quote is text for cpp; kiln has already removed it, so that case is refused.
+    * Arguments are collected unexpanded (they are expanded when the replacement is scanned
+      again), across line ends (which become spaces), and a quote open at a line end inside
+      the arguments goes on on the next line.
+    * A parameter inside ``"..."`` of the replacement gets its argument's ``"`` escaped
+      (``\\"``), like cpp; replacement text is lexed again after substitution, so ``a/**/b``
+      pastes into one name that can be a macro.
+    * A function-like macro may invoke itself; cpp gives up with an error past 20 nested
+      levels, kiln refuses that (error). An object-like macro met inside its own expansion
+      stays as it is (cpp prints it unexpanded too).
+    """
+
+    def __init__(self, pp: _KilnPreprocessor, hazards: bool) -> None:
+        self.pp = pp
+        self.hazards = hazards
+        self.stack: list[_Context] = []
+        self.quote = ""  # the open quote character; "" when none is open
+        self.quote_origin: str | None = None  # the macro whose replacement opened it
+        self.quote_line = 0
+        self.dollar_refs: dict[tuple[str, int, str], list[str]] = {}
+        self.not_expanded: set[tuple[str, int, str]] = set()
+
+    def run(self, tokens: list[Any]) -> list[Any]:
+        self.stack = [_Context(tokens, None)]
+        out: list[Any] = []
+        while (ctx := self._current()) is not None:
+            if self.quote:
+                self._quoted(ctx, out, collecting=False)
+                continue
+            tok = ctx.tokens[ctx.pos]
+            ctx.pos += 1
+            if tok.type == _ID:
+                self._identifier(tok, ctx, out)
+                continue
+            if tok.type in (_STRING, _CHAR) and getattr(tok, "unterminated", False):
+                self._open_quote(tok, ctx)
+                self._warn_unmatched(tok, ctx)
+            out.append(tok)
+        self._flush_dollar_refs()
+        return out
+
+    # ---- scanning ------------------------------------------------------------------------
+
+    def _current(self) -> _Context | None:
+        """The context with text left, leaving finished macro replacements (as cpp pops them)."""
+        while True:
+            ctx = self.stack[-1]
+            if ctx.pos < len(ctx.tokens):
+                return ctx
+            if len(self.stack) == 1:
+                return None
+            self.stack.pop()
+
+    def _line_read(self) -> int:
+        """The line cpp has read up to (its ``__LINE__``): that of the last text token taken
+        from the tokens handed in, e.g. the ')' that ends a multi-line invocation."""
+        base = self.stack[0]
+        for tok in reversed(base.tokens[: base.pos]):
+            if tok.type not in _NO_TEXT:
+                return int(tok.lineno)
+        return int(base.tokens[0].lineno) if base.tokens else 0
+
+    def _via(self) -> list[str]:
+        return [c.macro for c in self.stack if c.macro is not None]
+
+    def _open_quote(self, tok: Any, ctx: _Context) -> None:
+        self.quote = str(tok.value)[0]
+        self.quote_origin = ctx.macro
+        self.quote_line = int(tok.lineno)
+
+    def _quoted(self, ctx: _Context, dest: list[Any], collecting: bool) -> None:
+        """Take the next piece of text inside the open quote, up to its closing quote."""
+        tok = ctx.tokens[ctx.pos]
+        if tok.type == _WS and tok.value == "\n":
+            if not collecting:
+                self.quote = ""  # the quote ends with its line
+                return
+            space = copy.copy(tok)
+            space.value = " "  # inside macro arguments: a space, and the quote goes on
+            dest.append(space)
+            ctx.pos += 1
+            return
+        if tok.type == _COMMENT:
+            text = getattr(tok, "comment_text", "/*")
+            raise self.pp.error(
+                str(tok.source), int(tok.lineno),
+                f"the comment {_shorten(text, 40)!r} follows a {self.quote} that "
+                f"{self._opener()} leaves open: cpp keeps it as quoted text, kiln has removed it; "
+                f"close the quote before the comment or drop the comment",
+            )  # fmt: skip
+        if tok.type in _NO_TEXT:
+            dest.append(tok)
+            ctx.pos += 1
+            return
+        value = str(tok.value)
+        end = _closing_quote(value, self.quote)
+        piece = tok
+        if end < 0:
+            ctx.pos += 1
+        else:
+            piece = copy.copy(tok)
+            piece.value = value[: end + 1]
+            # The rest of the line was lexed as if the quote were closed: lex it again from here.
+            stop = ctx.pos + 1
+            while stop < len(ctx.tokens) and not _ends_relexing(ctx.tokens[stop]):
+                stop += 1
+            rest = value[end + 1 :] + "".join(str(t.value) for t in ctx.tokens[ctx.pos + 1 : stop])
+            ctx.tokens[ctx.pos : stop] = self._lex(rest, tok, after_quote=True)
+        if not collecting:
+            self._warn_quoted(piece)
+        if end >= 0:
+            self.quote = ""
+        dest.append(piece)
+
+    def _opener(self) -> str:
+        if self.quote_origin is not None:
+            return f"the expansion of {self.quote_origin}"
+        return f"line {self.quote_line}"
+
+    def _identifier(self, tok: Any, ctx: _Context, out: list[Any]) -> None:
+        pp = self.pp
+        name = str(tok.value)
+        source, line = str(tok.source), int(tok.lineno)
+        if name in ("__LINE__", "__COUNTER__") and name not in pp.macros:
+            if name == "__LINE__" and pp.expand_linemacro:
+                value = str(self._line_read())
+            elif name == "__COUNTER__" and pp.expand_countermacro:
+                value = str(pp.countermacro)
+                pp.countermacro += 1
+            else:
+                out.append(tok)
+                return
+            if self.hazards:
+                pp._warn_builtin(source, line, name, self._via(), value)
+            number = copy.copy(tok)
+            number.type, number.value = pp.t_INTEGER, value
+            out.append(number)
+            return
+        macro = pp.macros.get(name)
+        if macro is None:
+            out.append(tok)
+            return
+        if macro.arglist is None:
+            if any(c.macro == name for c in self.stack):
+                out.append(tok)  # cpp: "detected recursion"; the name stays as it is
+                return
+            self._check_hazards(tok, macro, out)
+            self._push(name, "".join(str(t.value) for t in macro.value), tok)
+            return
+        if not self._at_open_paren(tok):
+            out.append(tok)  # a function-like macro's name without arguments is plain text
+            return
+        depth = len(self.stack)
+        if any(c.macro == name and depth - i > _RECURSION_LIMIT for i, c in enumerate(self.stack)):
+            raise pp.error(
+                source, line,
+                f"macro {name} invokes itself more than {_RECURSION_LIMIT} levels deep: cpp "
+                f"stops there with an error (detected recursion whilst expanding macro "
+                f"\"{name}\"); rewrite {name} so that its expansion does not invoke it again",
+            )  # fmt: skip
+        self._check_hazards(tok, macro, out)
+        args = self._collect_args(tok)
+        self._push(name, self._substitute(macro, self._match_params(tok, macro, args)), tok)
+
+    def _at_open_paren(self, name_tok: Any) -> bool:
+        """Whether the next text (in this or an enclosing context) is '(': then stand on it."""
+        level = len(self.stack) - 1
+        pos = self.stack[level].pos
+        while True:
+            tokens = self.stack[level].tokens
+            while pos < len(tokens) and tokens[pos].type in _INVISIBLE:
+                if level == 0 and tokens[pos].type == _WS and tokens[pos].value == "\n":
+                    self._check_line_after(name_tok, tokens[pos])
+                pos += 1
+            if pos < len(tokens):
+                if tokens[pos].value != "(":
+                    return False
+                del self.stack[level + 1 :]  # finished replacements: cpp has left them
+                self.stack[level].pos = pos
+                return True
+            if level == 0:
+                return False
+            level -= 1
+            pos = self.stack[level].pos
+
+    def _check_line_after(self, name_tok: Any, newline: Any) -> None:
+        """cpp looks for a function-like macro's '(' on the next lines too, and reads a
+        directive line there as text; kiln has already executed or dropped it: refuse."""
+        source, line = str(newline.source), int(newline.lineno)
+        following = self.pp._source_line(source, line + 1)
+        if following.startswith("#"):
+            name = str(name_tok.value)
+            raise self.pp.error(
+                str(name_tok.source), int(name_tok.lineno),
+                f"{name} is a function-like macro, and no '(' follows it on its line: cpp then "
+                f"reads on for the '(' and takes the next line ({source}:{line + 1}: "
+                f"{_shorten(following, 60)!r}) as text, not as a directive; write {name}(...) "
+                f"to invoke it, or do not end the line with {name}",
+            )  # fmt: skip
+
+    def _collect_args(self, name_tok: Any) -> list[list[Any]]:
+        """The raw arguments after the '(' the scan stands on, up to the matching ')'."""
+        self.stack[-1].pos += 1
+        args: list[list[Any]] = [[]]
+        nesting = 1
+        while True:
+            ctx = self._current()
+            if ctx is None:
+                hint = ""
+                if self.quote:
+                    hint = (
+                        f"; a {self.quote} opened on line {self.quote_line} is never closed, and "
+                        "cpp reads ',' and ')' inside quotes as text"
+                    )
+                raise self.pp.error(
+                    str(name_tok.source), int(name_tok.lineno),
+                    f"unterminated argument list of a macro invocation (no ')'){hint}",
+                )  # fmt: skip
+            if self.quote:
+                self._quoted(ctx, args[-1], collecting=True)
+                continue
+            tok = ctx.tokens[ctx.pos]
+            ctx.pos += 1
+            if tok.type == _WS and tok.value == "\n":
+                tok = copy.copy(tok)
+                tok.value = " "  # cpp -traditional: a line end inside arguments is a space
+            elif tok.type in (_STRING, _CHAR) and getattr(tok, "unterminated", False):
+                self._open_quote(tok, ctx)
+            elif tok.value == "(":
+                nesting += 1
+            elif tok.value == ")":
+                nesting -= 1
+                if nesting == 0:
+                    return args
+            elif tok.value == "," and nesting == 1:
+                args.append([])
+                continue
+            args[-1].append(tok)
+
+    def _match_params(self, tok: Any, macro: Any, args: list[list[Any]]) -> list[list[Any]]:
+        """Check the argument count as pcpp does (same messages), and fill in variadics."""
+        if len(args) == 1 and all(t.type in _INVISIBLE for t in args[0]):
+            args = [[]]
+        params = len(macro.arglist)
+        name = str(tok.value)
+        if not macro.variadic and (args != [[]] or params > 1) and len(args) != params:
+            self.pp.on_error(
+                tok.source, tok.lineno, f"Macro {name} requires {params} arguments but was passed {len(args)}"
+            )
+        if macro.variadic:
+            if len(args) < params - 1:
+                plural = "s" if params > 2 else ""
+                message = f"Macro {name} must have at least {params - 1} argument{plural}"
+                self.pp.on_error(tok.source, tok.lineno, message)
+            if len(args) == params - 1:
+                args.append([])
+            else:
+                rest: list[Any] = []
+                for n, arg in enumerate(args[params - 1 :]):
+                    if n:
+                        comma = copy.copy(tok)
+                        comma.type, comma.value = "CPP_COMMA", ","
+                        rest.append(comma)
+                    rest.extend(arg)
+                args = [*args[: params - 1], rest]
+        while len(args) < params:
+            args.append([])
+        return args
+
+    @staticmethod
+    def _substitute(macro: Any, args: list[list[Any]]) -> str:
+        """The replacement text with the arguments in place of the parameters (also in quotes)."""
+        index = {str(name): n for n, name in enumerate(macro.arglist)}
+        parts: list[str] = []
+        in_quotes = False  # inside "..." of the replacement text: cpp escapes the argument's "
+
+        def argument(n: int, in_literal: bool) -> str:
+            raw = "".join("" if in_literal and t.type == _LINECONT else str(t.value) for t in args[n])
+            return _escape_in_quotes(raw) if in_quotes else raw
+
+        def plain(text: str) -> None:
+            nonlocal in_quotes
+            parts.append(text)
+            in_quotes ^= text.count('"') % 2 == 1
+
+        for tok in macro.value:
+            value = str(tok.value)
+            if tok.type == _ID and value in index:
+                parts.append(argument(index[value], False))
+            elif tok.type in (_STRING, _CHAR):
+                start = 0
+                for match in _IDENT_RE.finditer(value):
+                    if match.group() in index:
+                        plain(value[start : match.start()])
+                        parts.append(argument(index[match.group()], True))
+                        start = match.end()
+                plain(value[start:])
+            else:
+                plain(value)
+        return "".join(parts)
+
+    def _push(self, name: str, text: str, at: Any) -> None:
+        self.stack.append(_Context(self._lex(text, at), name))
+
+    def _lex(self, text: str, at: Any, after_quote: bool = False) -> list[Any]:
+        """``text`` as tokens at ``at``'s place: a replacement's tokens all stand at the
+        invocation (for messages); the rest of a line after a quote keeps its own lines."""
+        cache = self.pp._lex_cache
+        template = cache.get(text)
+        if template is None:
+            lexer = _TraditionalLexer()
+            lexer.input(text)
+            template = []
+            while (tok := lexer.token()) is not None:
+                template.append(tok)
+            if len(cache) < 4096:
+                cache[text] = template
+        tokens = []
+        for proto in template:
+            tok = copy.copy(proto)
+            tok.source = at.source
+            tok.lineno = int(at.lineno) + (int(proto.lineno) - 1 if after_quote else 0)
+            if tok.type == _COMMENT:
+                if after_quote and tok.unterminated:
+                    raise self.pp.error(
+                        str(at.source), int(at.lineno),
+                        f"'/*' after the {self.quote} that closes the quote {self._opener()} "
+                        "leaves open starts a comment that ends on a later line: kiln cannot "
+                        "follow cpp there; end the comment on the same line or drop it",
+                    )  # fmt: skip
+                self.pp.on_comment(tok)
+            tokens.append(tok)
+        return tokens
+
+    # ---- diagnostics ---------------------------------------------------------------------
+
+    def _warn_unmatched(self, tok: Any, ctx: _Context) -> None:
+        value = str(tok.value)
+        if ctx.macro is None:
+            why = f"it follows an unmatched {value[0]} and cpp reads the rest of the line as a quoted literal"
+        else:
+            why = (
+                f"the expansion of {ctx.macro} opens a {value[0]} it does not close, so cpp reads "
+                f"the text up to the next {value[0]} (or the line end) as a quoted literal"
+            )
+        self._warn_not_expanded(tok, _IDENT_RE.findall(value), why)
+
+    def _warn_quoted(self, piece: Any) -> None:
+        value = str(piece.value)
+        words = [value] if piece.type == _ID else _IDENT_RE.findall(value)
+        why = (
+            f"{self._opener()} leaves a {self.quote} open, so cpp reads the text after it up to "
+            f"the next {self.quote} (or the line end) as a quoted literal"
+        )
+        self._warn_not_expanded(piece, words, why)
+
+    def _warn_not_expanded(self, tok: Any, words: list[str], why: str) -> None:
+        """One warning per line and macro name that a quote keeps from being expanded."""
+        if not self.hazards:
+            return
+        source, line = str(tok.source), int(tok.lineno)
+        for name in words:
+            key = (source, line, name)
+            if name in self.pp.macros and key not in self.not_expanded:
+                self.not_expanded.add(key)
+                self.pp.warn(source, line, f"macro {name} is not expanded: {why}")
+                return
+
+    def _check_hazards(self, tok: Any, macro: Any, out: list[Any]) -> None:
+        """Warn about a builtin or a ``$NAME``/``${NAME}`` that is about to be replaced."""
+        if not self.hazards:
+            return
+        name = str(tok.value)
+        source, line = str(tok.source), int(tok.lineno)
+        via = self._via()
+        if name in _BUILTINS:
+            self.pp._warn_builtin(source, line, name, via)
+            return
+        dollar = bool(out) and out[-1].value == "$"
+        brace = len(out) > 1 and out[-1].value == "{" and out[-2].value == "$"
+        if not (dollar or brace):
+            return
+        lead = "$" if dollar else "${"
+        if macro.arglist is None:
+            ctx = self.stack[-1]
+            following = ctx.tokens[ctx.pos].value if ctx.pos < len(ctx.tokens) else ""
+            close = "}" if brace and following == "}" else ""
+            what = f"{lead + name + close!r} becomes {lead + _text(macro.value) + close!r}"
+        else:
+            what = f"{lead + name!r} and its argument list are replaced"
+        if via:
+            what += f" (in the expansion of {via[-1]})"
+        forms = self.dollar_refs.setdefault((source, line, name), [])
+        if what not in forms:
+            forms.append(what)
+
+    def _flush_dollar_refs(self) -> None:
+        for (source, line, name), forms in self.dollar_refs.items():
+            macro = self.pp.macros.get(name)
+            if macro is None:
+                continue
+            where = f"#define at {macro.source}:{macro.lineno}" if macro.source else "-D"
+            self.pp.warn(
+                source, line,
+                f"{name} is a macro ({where}), so cpp replaces the shell/Dockerfile variable: "
+                f"{', '.join(forms)}; rename the macro or the variable",
+            )  # fmt: skip
+
+
+def _ends_relexing(tok: Any) -> bool:
+    """A line end, or a comment (its text is gone: the quote state at it is checked instead)."""
+    return tok.type == _COMMENT or (tok.type == _WS and tok.value == "\n")
+
+
+def _closing_quote(text: str, quote: str) -> int:
+    """Index of the ``quote`` character that closes an open quote in ``text``, or -1."""
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char == "\\" and text[i + 1 : i + 2] in ("\\", '"', "'"):
+            i += 2
+            continue
+        if char == quote:
+            return i
+        i += 1
+    return -1
+
+
+def _escape_in_quotes(argument: str) -> str:
+    """An argument substituted inside "..." of a replacement, escaped the way cpp does it."""
+    out: list[str] = []
+    in_argument_quotes = False
+    for i, char in enumerate(argument):
+        if char == '"':
+            if i > 0 and argument[i - 1] != "\\":
+                in_argument_quotes = not in_argument_quotes
+            out.append("\\")
+        elif in_argument_quotes and char == "\\":
+            out.append("\\")
+        out.append(char)
+    return "".join(out)
+
+
 _EVAL_ERROR_RE = re.compile(r"due to (.*) \(passed to evaluator: '(.*)'\)$", re.DOTALL)
+_PYTHON_EXCEPTION_RE = re.compile(r"^[A-Za-z]*(?:Error|Exception)\(")
 _GLOB_HINT = ". If this is a shell glob, keep '/' and '*' apart, e.g. write 'lists/?*' instead of 'lists/*'"
 _COMMENT_HINT = (
     " (if this line is meant as a Dockerfile comment: a '#' line that starts with a directive "
     "name is read as that directive; indent the comment to keep it, or reword it)"
 )
 _PROSE_DIRECTIVE_RE = re.compile(r"^#[ \t]+[A-Za-z_]+[ \t]+\S")
+
+
+def _mark_directive_comments(line: list[Any]) -> None:
+    """Mark the comments that cpp reads as a space: all of a directive line's, except those in
+    a ``#define``'s replacement text (there they vanish, which pastes ``a/**/b``)."""
+    words = [i for i, t in enumerate(line) if t.type not in (_WS, _COMMENT, _LINECONT)]
+    end = len(line)
+    if len(words) > 2 and line[words[1]].value == "define" and line[words[2]].type == _ID:
+        j = words[2] + 1
+        if j < len(line) and line[j].value == "(":  # a parameter list: up to its ')'
+            while j < len(line) and line[j].value != ")":
+                j += 1
+            j += 1
+        while j < len(line) and line[j].type in (_WS, _COMMENT, _LINECONT):
+            j += 1  # the blanks before the replacement text
+        end = j
+    for tok in line[:end]:
+        if tok.type == _COMMENT:
+            tok.directive_space = True
 
 
 def _macro_signature(macro: Any) -> tuple[Any, str]:
@@ -1094,7 +1510,7 @@ def _run(
         output = pp.render(pp.parsegen(text, display, display))
     except IndexError as exc:  # pcpp indexes directive arguments without checking them
         source, line = pp._where()
-        raise pp.error(source, line, f"malformed directive ({exc!r} in pcpp)") from exc
+        raise pp.error(source, line, "malformed directive: an argument it needs is missing") from exc
     order = {f: n for n, f in enumerate(pp._file_order)}
     diagnostics = tuple(sorted(pp._diagnostics, key=lambda d: (order.get(str(d.file), len(order)), d.line)))
     if strict and diagnostics:
