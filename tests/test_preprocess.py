@@ -521,3 +521,142 @@ def test_large_file_is_fast(ctx: Path) -> None:
     result = run(ctx, "#define VALUE v\n" + body)
     assert time.perf_counter() - start < 5
     assert result.text.count("\n") == 3000 and result.text.endswith("$HOME v\n")
+
+
+# ---- cpp -traditional corners (each also in the GNU cpp corpus, tests/preprocess_corpus/) -------
+
+
+@pytest.mark.parametrize(
+    "directive",
+    [
+        "#/**/define A passed",
+        "# /* c */ define A passed",
+        "#define /* c */ A passed",
+        "#define A /* leading comment of the body */ passed",
+        "#define\t/* c */ A /* c */ passed /* c */",
+    ],
+)
+def test_comments_in_a_directive_are_spaces(ctx: Path, directive: str) -> None:
+    """cpp reads a comment in a directive as a space; kiln used to drop or refuse the directive."""
+    result = run(ctx, f"{directive}\nRUN echo A\n", strict=True)
+    assert result.text == "RUN echo passed\n"
+
+
+def test_comments_around_directive_arguments(ctx: Path) -> None:
+    write(ctx / "x.inc", "RUN included\n")
+    text = (
+        '# /* c */ include "x.inc"\n#include /* c */ "x.inc" /* c */\n'
+        "#define F(x /**/, y) x+y\n#define S/**/(a) [a]\n#define FOO bar\n#define P FO/**/O\n"
+        "#ifdef /* c */ FOO\nRUN F(1,2) S(2) P FO/**/O\n#endif\n"
+        "#/**/ifndef /* c */ MISSING\nRUN not-missing\n#endif\n#undef/**/FOO\nRUN FOO\n"
+    )
+    assert run(ctx, text, strict=True).text == (
+        "RUN included\nRUN included\nRUN 1+2 (a) [a](2) bar FOO\nRUN not-missing\nRUN FOO\n"
+    )
+
+
+def test_a_comment_between_words_of_an_if_expression_separates_them(ctx: Path) -> None:
+    """'#if A/**/B' is 'A B' for cpp (an error), not the pasted name 'AB'."""
+    assert "'A B'" in error_of(ctx, "#define AB 1\n#if A/**/B\n#endif\n")
+
+
+def test_a_macro_that_opens_a_quote_quotes_the_rest_of_the_invocation_line(ctx: Path) -> None:
+    text = (
+        '#define SHC sh -c "\n#define APOS it\'s\n#define ID(x) x\n'
+        'RUN SHC echo NAME" NAME\nRUN SHC echo NAME\nRUN NAME\nRUN APOS NAME\' NAME\n'
+        'RUN ID(SHC) NAME" NAME\n'
+    )
+    result = run(ctx, text, NAME="kiln")
+    assert result.text == (
+        'RUN sh -c " echo NAME" kiln\nRUN sh -c " echo NAME\nRUN kiln\n'
+        "RUN it's NAME' kiln\nRUN sh -c \" NAME\" kiln\n"
+    )
+    assert locations(result) == [("main.in", 4), ("main.in", 5), ("main.in", 7), ("main.in", 8)]
+    assert 'the expansion of SHC leaves a " open' in result.diagnostics[0].message
+    assert "the expansion of APOS leaves a ' open" in result.diagnostics[2].message
+
+
+def test_a_comment_inside_a_quote_left_open_by_a_macro_is_refused(ctx: Path) -> None:
+    """cpp keeps '/* c */' as quoted text there; kiln has removed it already: refuse, don't differ."""
+    message = error_of(ctx, '#define SHC sh -c "\nFROM x\nRUN SHC a /* c */ b"\n')
+    assert message.startswith(f"{ctx / 'main.in'}:3: the comment '/* c */' follows a \"")
+    assert "the expansion of SHC leaves open" in message
+
+
+def test_escaped_quotes_open_no_quote(ctx: Path) -> None:
+    text = "RUN echo \\\"NAME\\\" \\'NAME\\' \"a\\\"NAME\" NAME\n"
+    result = run(ctx, text, strict=True, NAME="kiln")
+    assert result.text == "RUN echo \\\"kiln\\\" \\'kiln\\' \"a\\\"NAME\" kiln\n"
+
+
+def test_a_quote_open_at_a_line_end_inside_arguments_goes_on(ctx: Path) -> None:
+    """cpp joins the lines of a macro's arguments into one and keeps the quote open across."""
+    text = (
+        "#define PAIR(a, b) [a|b]\n"
+        'RUN PAIR(echo "x,\n  NAME y", NAME) NAME\n'
+        "RUN PAIR(it's,\n x', NAME) NAME\n"
+    )
+    result = run(ctx, text, strict=True, NAME="kiln")
+    assert result.text == "RUN [echo \"x,   NAME y\"| kiln] kiln\nRUN [it's,  x'| kiln] kiln\n"
+
+
+def test_an_argument_quote_that_never_closes_names_its_line(ctx: Path) -> None:
+    message = error_of(ctx, "#define F(a) a\nFROM x\nRUN F(it's)\nRUN more\n")
+    assert message.startswith(f"{ctx / 'main.in'}:3: unterminated argument list")
+    assert "a ' opened on line 3 is never closed" in message
+
+
+def test_arguments_inside_quotes_of_the_replacement_are_escaped_like_cpp(ctx: Path) -> None:
+    text = "#define E(x) echo \"x\" 'x'\nRUN E(a \"b c\" d\\e)\n"
+    assert run(ctx, text).text == "RUN echo \"a \\\"b c\\\" d\\e\" 'a \"b c\" d\\e'\n"
+
+
+def test_function_like_macros_are_scanned_again_with_what_follows(ctx: Path) -> None:
+    text = (
+        "#define CALL(f) f(4)\n#define SELF(x) SELF\n#define APPLY(f, x) f(x)\n#define W(x) <x>\n"
+        "#define CAT(a, b) a/**/b\n#define REC(x) x\n"
+        "RUN CALL(CALL) SELF(1)(2)(3) APPLY(W, APPLY(W, 1)) CAT(NA,ME) REC(REC(REC(REC(2))))\n"
+    )
+    assert run(ctx, text, NAME="kiln").text == "RUN 4(4) SELF < < 1>> kiln 2\n"
+
+
+def test_endless_recursion_is_refused_at_cpps_limit(ctx: Path) -> None:
+    message = error_of(ctx, "#define F(x) [x F(x)]\nFROM x\nRUN F(1)\n")
+    assert message.startswith(f"{ctx / 'main.in'}:3: macro F invokes itself more than 20 levels deep")
+    assert "detected recursion" in message
+    # Mutual recursion too; an object-like macro that names itself stays as it is (as in cpp).
+    assert "macro G invokes itself" in error_of(ctx, "#define G(x) H(x)\n#define H(x) G(x)\nRUN G(1)\n")
+    assert run(ctx, "#define PATH PATH:/x\nENV P=PATH\n").text == "ENV P=PATH:/x\n"
+
+
+def test_a_function_like_name_before_a_directive_line_is_refused(ctx: Path) -> None:
+    """cpp looks for the '(' on the next line and reads '#define ...' there as text."""
+    message = error_of(ctx, "#define F(x) [x]\nRUN echo F\n#define G 1\nRUN G\n")
+    assert message.startswith(f"{ctx / 'main.in'}:2: F is a function-like macro")
+    assert f"{ctx / 'main.in'}:3: '#define G 1'" in message
+    # Blank lines are skipped looking for '(', as cpp does; any other text ends the search.
+    assert run(ctx, "#define F(x) [x]\nRUN F\n\n(2)\nRUN F\nRUN x\n").text == "RUN [2]\nRUN F\nRUN x\n"
+
+
+def test_line_inside_a_multi_line_invocation_is_the_last_line_read(ctx: Path) -> None:
+    text = "#define F(x) [x]\nRUN F(__LINE__\n  __LINE__) __LINE__\n"
+    assert run(ctx, text).text == "RUN [3   3] 3\n"
+
+
+@pytest.mark.parametrize(
+    ("condition", "fragment"),
+    [
+        ("'a", "unterminated character literal \"'a\""),
+        ("'", "unterminated character literal"),
+        ("QUOTE", "unterminated character literal \"'x\""),
+        ("''", "empty character constant"),
+        ('"s"', "is a string"),
+        ("1 1", "not a valid C integer expression"),
+    ],
+)
+def test_quotes_in_if_are_clean_errors(ctx: Path, condition: str, fragment: str) -> None:
+    """No Python exception text (IndexError('string index out of range')) reaches the user."""
+    message = error_of(ctx, f"#define QUOTE 'x\nFROM x\n#if {condition}\n#endif\n")
+    assert message.startswith(f"{ctx / 'main.in'}:3: "), message
+    assert fragment in message
+    assert "Error(" not in message and "Exception" not in message

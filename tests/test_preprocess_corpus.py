@@ -19,6 +19,9 @@ Whitespace *inside* a line is compared exactly: it can matter (``echo "a  b"``, 
 
 Each file's header comment gives its ``-D`` definitions and the warnings kiln must report (file,
 line and a word of the message); see ``tests/preprocess_corpus/README.md``.
+
+The comparison runs cpp, so it is in the ``tool`` tier. Without cpp it is skipped on a
+workstation and fails in CI (``helpers.gnu_cpp.require_gnu_cpp``): it cannot vanish from a pipeline.
 """
 
 from __future__ import annotations
@@ -26,36 +29,18 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from helpers import gnu_cpp as gnu_cpp_helper
+from helpers.gnu_cpp import gnu_cpp, require_gnu_cpp
 from kiln.preprocess import preprocess_file
 
 CORPUS = Path(__file__).resolve().parent / "preprocess_corpus"
 INCLUDES = CORPUS / "includes"
 EPOCH = "1700000000"
-CPP_FLAGS = ["-E", "-P", "-traditional", "-undef", "-nostdinc"]
-
-
-def _probe_cpp() -> str | None:
-    cpp = shutil.which("cpp")
-    if cpp is None:
-        return "GNU cpp is not installed (apt-get install cpp); it is the reference for kiln"
-    probe = subprocess.run(
-        [cpp, *CPP_FLAGS, "-"], input="#define X y\nX // z\n", capture_output=True, text=True
-    )
-    if probe.returncode != 0 or probe.stdout.strip() != "y // z":
-        return f"{cpp} does not behave like GNU cpp -traditional: {probe.stderr.strip()!r}"
-    return None
-
-
-_SKIP_REASON = _probe_cpp()
-if _SKIP_REASON is not None:
-    pytest.skip(_SKIP_REASON, allow_module_level=True)
-
 CORPUS_FILES = sorted(CORPUS.glob("*.in"))
 
 
@@ -92,11 +77,9 @@ def normalise(text: str) -> list[str]:
 
 
 def run_cpp(path: Path, defines: dict[str, str]) -> str:
-    args = ["cpp", *CPP_FLAGS, "-iquote", str(CORPUS), "-I", str(INCLUDES)]
-    args += [f"-D{name}={value}" for name, value in defines.items()]
     env = {**os.environ, "SOURCE_DATE_EPOCH": EPOCH, "LC_ALL": "C"}
+    result = gnu_cpp(path, CORPUS, [INCLUDES], defines, env)
     # cpp exits 1 for lines such as '# comment' (invalid directive) and still writes the output.
-    result = subprocess.run([*args, str(path)], capture_output=True, text=True, env=env)
     assert "fatal error" not in result.stderr, result.stderr
     return result.stdout
 
@@ -130,3 +113,30 @@ def test_kiln_matches_cpp(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_crlf_file_really_has_crlf() -> None:
     assert b"\r\n" in (CORPUS / "13_crlf.in").read_bytes()
+
+
+def test_every_corpus_header_parses() -> None:
+    for path in CORPUS_FILES:
+        parse_header(path)
+
+
+def test_missing_cpp_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The comparison cannot vanish from a pipeline: no cpp is a failure when CI is set."""
+    monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="cpp not installed"):
+        require_gnu_cpp()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="cpp not installed"):
+        require_gnu_cpp()
+
+
+def test_a_cpp_that_is_not_gnu_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: "/usr/bin/cpp")
+    monkeypatch.setattr(gnu_cpp_helper, "_probe", lambda cpp: f"{cpp} does not behave like GNU cpp")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="not behave like GNU cpp"):
+        require_gnu_cpp()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="not behave like GNU cpp"):
+        require_gnu_cpp()

@@ -1413,7 +1413,7 @@ class _Expansion:
 
 def _ends_relexing(tok: Any) -> bool:
     """A line end, or a comment (its text is gone: the quote state at it is checked instead)."""
-    return tok.type == _COMMENT or (tok.type == _WS and tok.value == "\n")
+    return bool(tok.type == _COMMENT or (tok.type == _WS and tok.value == "\n"))
 
 
 def _closing_quote(text: str, quote: str) -> int:
