@@ -14,7 +14,15 @@ from kiln import build
 from kiln.build import Step, Target
 from kiln.buildah import Buildah
 from kiln.containerfile import parse_from_lines
-from kiln.errors import BuildError, ConfigError, InputError
+from kiln.errors import (
+    BuildError,
+    ConfigError,
+    InputError,
+    KilnError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryTransientError,
+)
 from kiln.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("no_subprocess")
@@ -367,7 +375,7 @@ def test_platform_mismatch_warning_is_detected() -> None:
 
 def test_source_metadata_from_ci_variables_without_git(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(build.proc, "which", lambda tool: (_ for _ in ()).throw(
-        build.KilnError("no git")))
+        KilnError("no git")))
     s = settings({"CI_PROJECT_URL": "https://gitlab.example/g/p", "CI_COMMIT_SHA": "f00"})
     source, revision, created = build.source_metadata(s, {"SOURCE_DATE_EPOCH": "86400"})
     assert (source, revision, created) == ("https://gitlab.example/g/p", "f00",
@@ -410,9 +418,9 @@ DENIED = ('STEP 1/2: FROM reg.example/g/base:latest\nError: creating build conta
 
 
 @pytest.mark.parametrize(("output", "error"), [
-    (UNREACHABLE, build.RegistryTransientError),
+    (UNREACHABLE, RegistryTransientError),
     (MISSING, InputError),
-    (DENIED, build.RegistryAuthError),
+    (DENIED, RegistryAuthError),
     (BUILDAH_FAILURE, BuildError),
     # a RUN step whose own output mentions a refused connection is still a build failure
     ("STEP 2/2: RUN curl x\ncurl: connection refused\n"
@@ -442,11 +450,11 @@ def test_push_failures_are_registry_errors() -> None:
 
     denied = build._push_failure(_step(), Result(("b",), 125, "Error: writing blob: "
                                                  "unauthorized: authentication required\n", ""))
-    assert isinstance(denied, build.RegistryAuthError) and denied.exit_code == 3
+    assert isinstance(denied, RegistryAuthError) and denied.exit_code == 3
     down = build._push_failure(_step(), Result(("b",), 125, "dial tcp: connection refused", ""))
     assert down.exit_code == 4
     other = build._push_failure(_step(), Result(("b",), 125, "Error: something odd", ""))
-    assert isinstance(other, build.RegistryError)
+    assert isinstance(other, RegistryError)
 
 
 # -- credential checks (kiln.credentials) ------------------------------------------------------

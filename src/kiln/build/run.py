@@ -471,7 +471,7 @@ def _local_target(settings: Settings) -> tuple[Target, bool]:
     return resolve_target(settings, chosen.prefix), chosen.prefix is not None
 
 
-def plan(settings: Settings, image: str, arch: str | None = None) -> tuple[Target, list[Step]]:
+def plan_image(settings: Settings, image: str, arch: str | None = None) -> tuple[Target, list[Step]]:
     """Resolve the target and the list of builds (dependencies first) for ``image``."""
     build_file_for(settings, image)
     if arch is not None:
@@ -517,7 +517,7 @@ def build(settings: Settings, image: str, arch: str | None = None) -> list[Build
     if settings.ca_bundle is not None and not settings.ca_bundle.is_file():
         raise ConfigError(f"CA bundle {settings.ca_bundle} does not exist",
                           hint="set KILN_CA_BUNDLE / ca-bundle to an existing PEM file")
-    target, steps = plan(settings, image, arch)
+    target, steps = plan_image(settings, image, arch)
     labels = oci_labels(*source_metadata(settings))
     refuse_credentials(settings, steps, labels)
     if settings.dry_run:
