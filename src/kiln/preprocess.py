@@ -12,7 +12,8 @@ What pcpp does not do, and therefore why the hand-written parts below exist
   knows pp-numbers. Traditional cpp instead: ``//`` is plain text and macros after it *are*
   expanded (``// FOO`` -> ``// bar``, like cpp); a ``"`` or ``'`` literal ends at its closing
   quote *or at the end of the line*, so an apostrophe (``it's FOO``) stops macro expansion for
-  the rest of that line; ``/* */`` comments disappear entirely (``a/**/b`` -> ``ab``); an
+  the rest of that line, while an escaped ``\\"`` or ``\\'`` outside a literal opens no quote
+  (``\\"FOO`` -> ``\\"bar``); ``/* */`` comments disappear entirely (``a/**/b`` -> ``ab``); an
   identifier may start right after digits (``1FOO`` -> ``1bar``). The lexer is lossless, so text
   that is not a directive, comment or macro comes out byte for byte (``$VAR``, ``${VAR}``,
   quotes, UTF-8). pcpp still does the directive handling, ``#if`` arithmetic, macro bookkeeping
@@ -24,11 +25,23 @@ What pcpp does not do, and therefore why the hand-written parts below exist
   Containerfile, where an indented ``#`` line is a comment). pcpp accepts leading whitespace, so
   such lines get an invisible marker token (``KILN_BOL``) in front. kiln warns when such a line
   looks like a directive, because it is silently ignored.
-* **Traditional macros**: no ``#`` stringising and no ``##`` pasting; instead parameters are
-  substituted inside string and character literals of the body (``#define Q(x) "x"``);
-  arguments keep their surrounding whitespace; newlines inside a multi-line invocation become
-  spaces; no space is inserted after a function-like expansion followed by an identifier.
-  pcpp's ISO behaviour is replaced in ``collect_args``/``macro_prescan``/``macro_expand_args``.
+* **Comments in directives** are spaces for cpp (``#/**/define A x``, ``# /* c */ include "f"``,
+  ``#ifdef /* c */ X``, ``#define F(x /**/, y)``), except inside a ``#define``'s replacement
+  text, where they vanish (``#define P a/**/b`` pastes ``ab``); pcpp would see a directive
+  named ``/**/``. Such comments become a space token before pcpp reads the line.
+* **Traditional macros** (:class:`_Expansion`, replacing pcpp's ``expand_macros``): no ``#``
+  stringising and no ``##`` pasting; parameters are substituted inside string and character
+  literals of the body too (``#define Q(x) "x"``), and inside ``"..."`` an argument's ``"`` is
+  escaped as cpp does; arguments are collected unexpanded, keep their surrounding whitespace,
+  and line ends inside them become spaces; the replacement is lexed again (``a/**/b`` may form
+  a macro name) and scanned again together with the text after the invocation, so a
+  function-like macro may invoke itself and take its arguments from what follows
+  (``#define q(x) x(4)``: ``q(q)`` -> ``4(4)``). One quote state runs through it all, as in
+  cpp: a replacement that leaves a quote open (``#define SHC sh -c "``) quotes the text after
+  the invocation up to the next quote of that kind or the line end (macros there are not
+  expanded, with a warning), and a quote open at a line end inside a macro's arguments goes on
+  on the next line. No space is inserted after a function-like expansion followed by an
+  identifier. ``__LINE__`` is the last line read (the ``)`` of a multi-line invocation).
 * ``#elifdef``/``#elifndef`` (GCC 12 accepts them in traditional mode) are rewritten to
   ``#elif [!]defined``. ``#pragma`` (except ``once``), ``#ident``, ``#sccs`` pass through as cpp
   does. ``#error`` is an error, ``#warning`` a warning, ``#line`` is not supported (warning).
@@ -75,8 +88,14 @@ Deliberate differences from cpp
   directories, which buildah does not pass).
 * Where cpp reports an error but still prints something, kiln may accept the input with its
   usual meaning: conditionals inside a macro's argument list are executed, variadic macros
-  work, ``F( )`` is accepted for a macro without parameters; a self-referencing function-like
-  macro is expanded once.
+  work, ``F( )`` is accepted for a macro without parameters; an object-like macro that names
+  itself (``#define PATH PATH:/x``) gives cpp's text without cpp's error.
+* Refused (error with file:line and what to write instead) where kiln cannot follow cpp: a
+  function-like macro invoking itself more than 20 levels deep (cpp reports an error too); a
+  function-like macro's name ending a line that is followed by a ``#`` line (cpp reads that
+  line as text while looking for the ``(``); a ``/*`` inside a quote that a macro's expansion
+  left open (cpp keeps it as text), or a comment spanning lines right after such a quote
+  closes; a quote in an ``#if`` expression.
 * ``#line``, ``#assert`` and ``#unassert`` are ignored with a warning; ``#include_next`` and
   ``#import`` are errors; ``__has_include(...)`` in ``#if`` is always 0.
 
@@ -96,8 +115,9 @@ Hazard heuristics (warnings; errors with ``strict=True``)
 3. ``__FILE__``, ``__LINE__``, ``__DATE__``, ``__TIME__`` (and the other builtins above) get
    replaced; the warning says by what.
 Also warned: ``#`` lines that are not directives (dropped, like cpp/buildah do), a macro name after
-an unmatched quote (not expanded), an indented directive (ignored), a comment line inside a
-continued instruction, a macro redefined with a different body, ``#warning``, ``#line``.
+an unmatched quote or inside a quote a macro's expansion left open (not expanded), an indented
+directive (ignored), a comment line inside a continued instruction, a macro redefined with a
+different body, ``#warning``, ``#line``.
 """
 
 from __future__ import annotations
@@ -243,16 +263,24 @@ _GUARD_RE = re.compile(
 _MAX_INCLUDE_DEPTH = 200
 
 _SPLICE = r"(?:\\[ \t]*\n)*"
+
+
+def _literal_body(quote: str) -> str:
+    """What a literal holds: plain characters, continuations (cpp splices them first, also
+    after a backslash: ``\\\\`` + newline is one backslash + a continuation) and escapes."""
+    return rf"(?:[^{quote}\\\n]|\\[ \t]*\n|\\{_SPLICE}[^\n]|\\\Z)*"
+
+
 _TOKEN_RE = re.compile(
     "|".join(
         [
             rf"(?P<{_COMMENT}>/{_SPLICE}\*.*?\*{_SPLICE}/)",
             rf"(?P<KILN_OPEN_COMMENT>/{_SPLICE}\*.*\Z)",
             rf"(?P<{_LINECONT}>\\[ \t]*\n)",
-            r"(?P<KILN_ESCAPE>\\(?:[\"']|\\(?![ \t]*\n)))",  # \" opens no quote (as in cpp)
+            rf"(?P<KILN_ESCAPE>\\{_SPLICE}(?:[\"']|\\(?![ \t]*\n)))",  # \" opens no quote (as in cpp)
             rf"(?P<{_WS}>[ \t\f\v]+|\n)",
-            rf'(?P<{_STRING}>"(?:[^"\\\n]|\\.|\\\Z)*(?:"|(?=\n)|\Z))',
-            rf"(?P<{_CHAR}>'(?:[^'\\\n]|\\.|\\\Z)*(?:'|(?=\n)|\Z))",
+            rf'(?P<{_STRING}>"{_literal_body(chr(34))}(?:"|(?=\n)|\Z))',
+            rf"(?P<{_CHAR}>'{_literal_body(chr(39))}(?:'|(?=\n)|\Z))",
             rf"(?P<{_ID}>[A-Za-z_][A-Za-z0-9_]*)",
             r"(?P<CPP_INTEGER>(?:0[xX][0-9a-fA-F]+|[0-9]+)"
             r"(?:[uU](?:ll|LL|[lL])?|(?:ll|LL|[lL])[uU]?)?(?![A-Za-z0-9_])|[0-9]+)",
@@ -263,7 +291,9 @@ _TOKEN_RE = re.compile(
     ),
     re.DOTALL,
 )
-_CLOSED_LITERAL_RE = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'', re.DOTALL)
+# continuation | escaped \\ " ' (cpp skips those, also across a continuation) | one character
+_QUOTE_SCAN_RE = re.compile(rf"\\[ \t]*\n|\\{_SPLICE}[\\\"']|.", re.DOTALL)
+_CLOSED_LITERAL_RE = re.compile(f'"{_literal_body(chr(34))}"|\'{_literal_body(chr(39))}\'')
 _OPS = {
     "&&": "CPP_LOGICALAND", "||": "CPP_LOGICALOR", "==": "CPP_EQUALITY", "!=": "CPP_INEQUALITY",
     "<=": "CPP_LESSEQUAL", ">=": "CPP_GREATEREQUAL", "<<": "CPP_LSHIFT", ">>": "CPP_RSHIFT",
@@ -284,11 +314,11 @@ _SINGLE = {
 
 
 def _normalise_text(text: str) -> str:
-    """Drop a BOM, read CRLF and a lone CR as LF (as cpp does), strip trailing blanks of lines."""
+    """Drop a BOM, read CRLF and a lone CR as LF (as cpp does). Trailing blanks of a line stay:
+    inside a quote that macro arguments carry over a line end, cpp keeps them."""
     if text.startswith("\ufeff"):
         text = text[1:]
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return "\n".join(line.rstrip(" \t") for line in text.split("\n"))
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _read_source(path: Path, where: tuple[str, int] | None) -> str:
@@ -1084,19 +1114,23 @@ class _Expansion:
             dest.append(space)
             ctx.pos += 1
             return
-        if tok.type == _COMMENT:
-            text = getattr(tok, "comment_text", "/*")
-            raise self.pp.error(
-                str(tok.source), int(tok.lineno),
-                f"the comment {_shorten(text, 40)!r} follows a {self.quote} that "
-                f"{self._opener()} leaves open: cpp keeps it as quoted text, kiln has removed it; "
-                f"close the quote before the comment or drop the comment",
-            )  # fmt: skip
         if tok.type in _NO_TEXT:
             dest.append(tok)
             ctx.pos += 1
             return
         value = str(tok.value)
+        if tok.type == _COMMENT:  # inside a quote '/*' is text for cpp
+            value = getattr(tok, "comment_text", "")
+            if "\n" in value or not value:
+                raise self.pp.error(
+                    str(tok.source), int(tok.lineno),
+                    f"the comment '{_shorten(value or '/*', 40)}' follows a {self.quote} that "
+                    f"{self._opener()} leaves open: cpp reads it as quoted text up to the line "
+                    "end and the lines after it as text; kiln cannot follow that: close the "
+                    "quote before the comment or keep the comment on one line",
+                )  # fmt: skip
+            tok = copy.copy(tok)
+            tok.type, tok.value = "KILN_TEXT", value
         end = _closing_quote(value, self.quote)
         piece = tok
         if end < 0:
@@ -1243,11 +1277,12 @@ class _Expansion:
 
     def _match_params(self, tok: Any, macro: Any, args: list[list[Any]]) -> list[list[Any]]:
         """Check the argument count as pcpp does (same messages), and fill in variadics."""
-        if len(args) == 1 and all(t.type in _INVISIBLE for t in args[0]):
-            args = [[]]
+        blank = len(args) == 1 and all(t.type in _INVISIBLE for t in args[0])
         params = len(macro.arglist)
         name = str(tok.value)
-        if not macro.variadic and (args != [[]] or params > 1) and len(args) != params:
+        if params == 0 and blank:
+            args = []  # F() and F( ) for a macro without parameters
+        if not macro.variadic and len(args) != params:
             self.pp.on_error(
                 tok.source, tok.lineno, f"Macro {name} requires {params} arguments but was passed {len(args)}"
             )
@@ -1418,15 +1453,9 @@ def _ends_relexing(tok: Any) -> bool:
 
 def _closing_quote(text: str, quote: str) -> int:
     """Index of the ``quote`` character that closes an open quote in ``text``, or -1."""
-    i = 0
-    while i < len(text):
-        char = text[i]
-        if char == "\\" and text[i + 1 : i + 2] in ("\\", '"', "'"):
-            i += 2
-            continue
-        if char == quote:
-            return i
-        i += 1
+    for match in _QUOTE_SCAN_RE.finditer(text):
+        if match.group() == quote:
+            return match.start()
     return -1
 
 
