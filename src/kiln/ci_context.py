@@ -68,7 +68,9 @@ class CIContext:
             value = env.get(name, "").strip()
             return value or None
 
-        pipeline = get("CI_PIPELINE_ID") or get("KILN_PIPELINE_ID") or LOCAL_PIPELINE_ID
+        # KILN_PIPELINE_ID first: a generated child pipeline (kiln.ci_graph) has an id of its
+        # own, and sets KILN_PIPELINE_ID to its parent's so its jobs write the parent's tags.
+        pipeline = get("KILN_PIPELINE_ID") or get("CI_PIPELINE_ID") or LOCAL_PIPELINE_ID
         return cls(
             in_ci=in_ci(env),
             pipeline_id=pipeline,

@@ -192,6 +192,65 @@ def validate_data(data: Any, source: str = "<string>",
     return problems
 
 
+def check_needs(data: Any, source: str = "<string>",
+                lines: Mapping[tuple[Any, ...], int] | None = None) -> list[SchemaProblem]:
+    """``needs:`` that GitLab would refuse although the schema accepts them: a job that needs
+    itself, a job this document does not define (``needs`` of another pipeline or project
+    excepted), or a cycle. For self-contained documents such as a generated child pipeline;
+    a file whose jobs come from includes is not checked here."""
+    lines = lines or {}
+    if not isinstance(data, Mapping):
+        return []
+    jobs = {key: value for key, value in data.items()
+            if isinstance(key, str) and not key.startswith(".") and key not in _GLOBAL_KEYWORDS
+            and isinstance(value, Mapping)}
+    problems: list[SchemaProblem] = []
+    graph: dict[str, list[str]] = {}
+    for name, body in jobs.items():
+        needs = body.get("needs") or []
+        graph[name] = []
+        for index, item in enumerate(needs if isinstance(needs, list) else []):
+            if isinstance(item, Mapping):
+                if "pipeline" in item or "project" in item:
+                    continue
+                target = item.get("job")
+            else:
+                target = item
+            where = (name, "needs", index)
+            if target == name:
+                problems.append(SchemaProblem(source, lines.get(where), _location(where),
+                                              f"job {name!r} needs itself"))
+            elif target not in jobs:
+                problems.append(SchemaProblem(source, lines.get(where), _location(where),
+                                              f"needs {target!r}, which this file does not "
+                                              "define as a job"))
+            else:
+                graph[name].append(str(target))
+    state: dict[str, int] = {}
+
+    def visit(name: str, path: list[str]) -> list[str] | None:
+        state[name] = 1
+        for child in graph.get(name, []):
+            if state.get(child) == 1:
+                return [*path[path.index(child):], child] if child in path else [name, child]
+            if not state.get(child):
+                found = visit(child, [*path, child])
+                if found:
+                    return found
+        state[name] = 2
+        return None
+
+    for name in graph:
+        if not state.get(name):
+            cycle = visit(name, [name])
+            if cycle:
+                problems.append(SchemaProblem(source, lines.get((name, "needs")),
+                                              f"{name}.needs",
+                                              f"needs form a cycle: {' -> '.join(cycle)}"))
+                break
+    return problems
+
+
 def validate_text(text: str, source: str = "<string>") -> list[SchemaProblem]:
     """Problems of CI YAML given as text."""
     data, lines = load_yaml(text, source)

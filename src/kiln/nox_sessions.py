@@ -35,6 +35,7 @@ from kiln.errors import KilnError
 from kiln.settings import load_settings
 
 __all__ = [
+    "ci_graph",
     "deploy_mr",
     "deploy_production",
     "deploy_production_tag",
@@ -135,6 +136,12 @@ def deploy_mr(session: Session) -> None:
 def stop_mr(session: Session) -> None:
     """Remove the tag mr-<iid> and nothing else."""
     _invoke(session, "stop-mr")
+
+
+@nox.session(name="ci-graph", python=False, venv_backend="none")
+def ci_graph(session: Session) -> None:
+    """Write the GitLab child pipeline of the image graph (one job per image and arch, needs)."""
+    _invoke(session, "ci-graph")
 
 
 @nox.session(python=False, venv_backend="none")
