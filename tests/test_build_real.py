@@ -182,21 +182,37 @@ def test_build_pushes_v2s2_with_labels_and_builds_the_missing_base(
     assert read_file(buildah_storage, f"{registry}/app:p-123", "/arch") == "x86_64\n"
 
 
-def test_present_base_is_used_and_no_deps_is_honoured(
+def test_same_base_is_reused_by_key_and_no_deps_is_honoured(
         project: Path, shared_registry: RegistryServer, buildah_storage: dict[str, Path],
         upstream: str) -> None:
     registry = f"{shared_registry.address}/{unique()}"
     env = ci_env(registry, upstream, pipeline="7")
-    build.build(make_settings(project, buildah_storage, {**env, "KILN_DEPS": "false",
-                                                          "CI_PIPELINE_ID": "6"}), "base")
-    # base:p-6 exists now; build app against it: no dependency build, one push.
-    settings = make_settings(project, buildah_storage, {**env, "BASE_IMAGE_TAG": "p-6"})
+    first = build.build(make_settings(project, buildah_storage, {**env, "KILN_DEPS": "false",
+                                                                 "CI_PIPELINE_ID": "6"}), "base")
+    # base:p-6 and its key tag exist now. app's graph reuses base (a manifest copy, nothing
+    # built) and builds app FROM that digest.
+    repo = registry.split("/", 1)[1]
+    settings = make_settings(project, buildah_storage, env)
     mark = shared_registry.log_mark()
     results = build.build(settings, "app")
-    assert [r.ref for r in results] == [f"{registry}/app:p-7"]
+    assert [(r.ref, r.reused) for r in results] == [(f"{registry}/base:p-7", True),
+                                                    (f"{registry}/app:p-7", False)]
+    assert results[0].digest == first[0].digest and results[0].key == first[0].key
     pushed = {r.path for r in shared_registry.requests_since(mark)
               if r.method == "PUT" and r.kind == "manifest"}
-    assert pushed == {f"/v2/{registry.split('/', 1)[1]}/app/manifests/p-7"}
+    assert pushed == {f"/v2/{repo}/base/manifests/p-7", f"/v2/{repo}/app/manifests/p-7",
+                      f"/v2/{repo}/app/manifests/k-{(results[1].key or '')[7:39]}"}
+    containerfile = (settings.state_dir / "build" / "app" / "Containerfile").read_text()
+    assert f"FROM {registry}/base@{first[0].digest}" in containerfile
+    assert inspect(f"{registry}/app:p-7")["Labels"]["dev.kiln.input-key"] == results[1].key
+
+    # --no-deps: app alone, FROM whatever BASE_IMAGE_TAG names (p-6 here), nothing else written
+    mark = shared_registry.log_mark()
+    alone = build.build(make_settings(project, buildah_storage, {
+        **env, "CI_PIPELINE_ID": "8", "KILN_DEPS": "false", "BASE_IMAGE_TAG": "p-6"}), "app")
+    assert [(r.ref, r.reused) for r in alone] == [(f"{registry}/app:p-8", True)]
+    assert {r.path for r in shared_registry.requests_since(mark) if r.method == "PUT"} == {
+        f"/v2/{repo}/app/manifests/p-8"}
 
 
 def test_failing_step_reports_step_and_output_and_pushes_nothing(
@@ -366,7 +382,9 @@ def test_missing_base_image_is_an_input_error(
     settings = make_settings(project, buildah_storage,
                              {**ci_env(registry, upstream), "BASE_IMAGE_TAG": "no-such-tag",
                               "KILN_DEPS": "false"})
-    with pytest.raises(InputError, match="failed at step 'FROM .*/base:no-such-tag'") as err:
+    mark = shared_registry.log_mark()
+    with pytest.raises(InputError, match="FROM image .*/base:no-such-tag does not exist") as err:
         build.build(settings, "app")
-    assert err.value.hint is not None and "base image does not exist" in err.value.hint
+    assert err.value.hint is not None and "nothing was built" in err.value.hint
     assert f"{settings.state_dir / 'build' / 'app' / 'Containerfile'}:3" in str(err.value)
+    assert [r for r in shared_registry.requests_since(mark) if r.method == "PUT"] == []

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from kiln import build
-from kiln.build import Step, Target
+from kiln.build import ImageGraph, Node, Source, Step, Target
+from kiln.build.plan import dependency_tag, image_name_in, make_step, read_sources
 from kiln.buildah import Buildah
 from kiln.containerfile import parse_from_lines
 from kiln.errors import (
@@ -126,26 +127,37 @@ TRICKY = {
 }
 
 
-def plan(files: Mapping[str, str], image: str, present: set[str], *, deps: bool = True,
+def plan(files: Mapping[str, str], image: str, *, deps: bool = True,
          arch: str | None = None, pipeline: str = "local") -> list[Step]:
-    loaded: list[str] = []
+    """The steps kiln.build.run plans, from the pure parts (no registry, no files)."""
     s = settings()
+    known = sorted(files)
 
-    def load(name: str) -> str:
-        loaded.append(name)
-        return files[name]
+    def load(name: str) -> Source:
+        text = files[name]
+        args = build.build_arguments(s, name, TARGET.registry, TARGET.upstream_registry)
+        froms = parse_from_lines(text, args)
+        if deps and any(image_name_in(f.image, TARGET.registry) in known for f in froms):
+            args = build.build_arguments(s, name, TARGET.registry, TARGET.upstream_registry,
+                                         dependency_tag(pipeline, arch))
+            froms = parse_from_lines(text, args)
+        return Source(name, f"builds/{name}.in", f".kiln/build/{name}/Containerfile", text,
+                      args, tuple(froms))
 
-    return build.plan_builds(
-        image, arch=arch, target=TARGET, pipeline_id=pipeline, known_images=sorted(files),
-        load=load,
-        args_for=lambda name, tag: build.build_arguments(s, name, TARGET.registry,
-                                                         TARGET.upstream_registry, tag),
-        exists=lambda ref: ref in present, deps=deps,
-    )
+    sources = read_sources([image], load, registry=TARGET.registry,
+                           upstream_registry=TARGET.upstream_registry, known_images=known,
+                           follow=deps)
+    graph = (build.make_graph(sources, registry=TARGET.registry,
+                              upstream_registry=TARGET.upstream_registry, known_images=known,
+                              arches=(arch or "amd64",))
+             if deps else ImageGraph({image: Node(image, ("amd64",), (), "builds/x.in")}))
+    return [make_step(sources[name], target=TARGET, pipeline_id=pipeline, arch=arch,
+                      dependency=name != image, built_deps=graph.nodes[name].deps)
+            for name in graph.order()]
 
 
-def test_missing_dependencies_are_built_first_in_the_same_pipeline() -> None:
-    steps = plan(FILES, "backend", present=set(), pipeline="42")
+def test_dependencies_are_planned_first_in_the_same_pipeline() -> None:
+    steps = plan(FILES, "backend", pipeline="42")
     assert [s.image for s in steps] == ["base", "python", "backend"]
     assert [s.ref for s in steps] == ["reg.example/g/base:p-42", "reg.example/g/python:p-42",
                                       "reg.example/g/backend:p-42"]
@@ -156,30 +168,22 @@ def test_missing_dependencies_are_built_first_in_the_same_pipeline() -> None:
 
 
 def test_heredoc_from_is_no_dependency_and_comments_do_not_end_a_from() -> None:
-    steps = plan(TRICKY, "app", present=set(), pipeline="9")
+    steps = plan(TRICKY, "app", pipeline="9")
     assert [s.image for s in steps] == ["base", "python", "app"]
     (from_line,) = steps[-1].froms
     assert (from_line.line, from_line.image) == (3, "reg.example/g/python:p-9")
-    assert [s.image for s in plan(TRICKY, "app", present={"reg.example/g/python:latest"})] \
-        == ["app"]
 
 
-def test_present_dependencies_are_used_as_they_are() -> None:
-    steps = plan(FILES, "backend", present={"reg.example/g/python:latest"})
-    assert [s.image for s in steps] == ["backend"]
-    assert steps[0].build_args["BASE_IMAGE_TAG"] == "latest"
-
-
-def test_only_the_missing_part_of_the_chain_is_built() -> None:
-    steps = plan(FILES, "backend", present={"reg.example/g/base:latest"}, arch="arm64")
-    assert [s.ref for s in steps] == ["reg.example/g/python:p-local-arm64",
+def test_arch_builds_name_every_image_of_the_graph_per_arch() -> None:
+    steps = plan(FILES, "backend", arch="arm64")
+    assert [s.ref for s in steps] == ["reg.example/g/base:p-local-arm64",
+                                      "reg.example/g/python:p-local-arm64",
                                       "reg.example/g/backend:p-local-arm64"]
-    assert steps[0].build_args["BASE_IMAGE_TAG"] == "latest"
-    assert steps[1].build_args["BASE_IMAGE_TAG"] == "p-local-arm64"
+    assert steps[2].build_args["BASE_IMAGE_TAG"] == "p-local-arm64"
 
 
 def test_no_deps_builds_only_the_image() -> None:
-    steps = plan(FILES, "backend", present=set(), deps=False)
+    steps = plan(FILES, "backend", deps=False)
     assert [s.image for s in steps] == ["backend"]
     assert steps[0].build_args["BASE_IMAGE_TAG"] == "latest"
 
@@ -188,24 +192,42 @@ def test_shared_dependency_is_built_once() -> None:
     files = dict(FILES, app=("ARG REGISTRY\nARG BASE_IMAGE_TAG=latest\n"
                              "FROM ${REGISTRY}/python:${BASE_IMAGE_TAG} AS a\n"
                              "FROM ${REGISTRY}/base:${BASE_IMAGE_TAG}\n"))
-    steps = plan(files, "app", present=set())
+    steps = plan(files, "app")
     assert [s.image for s in steps] == ["base", "python", "app"]
+    assert steps[2].built_deps == ("base", "python")
 
 
-def test_dependency_cycle_is_an_input_error() -> None:
+def test_dependency_cycle_is_an_input_error_with_the_lines() -> None:
     files = {
         "a": "ARG REGISTRY\nFROM ${REGISTRY}/b:latest\n",
-        "b": "ARG REGISTRY\nFROM ${REGISTRY}/c:latest\n",
+        "b": "ARG REGISTRY\n\nFROM ${REGISTRY}/c:latest\n",
         "c": "ARG REGISTRY\nFROM ${REGISTRY}/a:latest\n",
     }
-    with pytest.raises(InputError, match="cycle between images: a -> b -> c -> a"):
-        plan(files, "a", present={"reg.example/g/b:latest"})
+    with pytest.raises(InputError, match="cycle between images: a -> b -> c -> a") as err:
+        plan(files, "a")
+    assert ".kiln/build/b/Containerfile:3 (b FROM c)" in str(err.value)
 
 
-def test_fixed_tag_that_kiln_cannot_redirect_is_an_error() -> None:
+def test_from_an_image_without_a_build_file_is_an_input_error() -> None:
+    files = dict(FILES, backend="ARG REGISTRY\nRUN true\nFROM ${REGISTRY}/pyhton:latest\n")
+    with pytest.raises(InputError, match=r"Containerfile:3: backend is built FROM "
+                                         r"reg.example/g/pyhton:latest, but there is no build "
+                                         r"file builds/pyhton.in"):
+        plan(files, "backend")
+
+
+def test_a_fixed_tag_is_still_a_dependency() -> None:
+    """FROM ${REGISTRY}/python:3.11: kiln pins it to the digest of the python it builds."""
     files = dict(FILES, backend="ARG REGISTRY\nFROM ${REGISTRY}/python:3.11\n")
-    with pytest.raises(InputError, match="does not follow BASE_IMAGE_TAG"):
-        plan(files, "backend", present=set())
+    steps = plan(files, "backend")
+    assert [s.image for s in steps] == ["base", "python", "backend"]
+
+
+def test_a_platform_other_than_the_runs_is_an_input_error() -> None:
+    files = dict(FILES, backend="ARG REGISTRY\nFROM --platform=linux/s390x ${REGISTRY}/python\n")
+    with pytest.raises(InputError, match="takes python for platform linux/s390x, but this run "
+                                         "builds arm64"):
+        plan(files, "backend", arch="arm64")
 
 
 # -- target ------------------------------------------------------------------------------------

@@ -75,9 +75,12 @@ class Buildah:
         authfile: Path | None = None,
         cert_dir: Path | None = None,
         secrets: Sequence[str] = (),
+        timestamp: int | None = None,
     ) -> list[str]:
         """``buildah build`` for one image. ``platform`` is ``linux/<arch>`` for foreign-arch
-        builds (buildah 1.28 refuses ``--arch`` together with ``--platform``, so only the latter)."""
+        builds (buildah 1.28 refuses ``--arch`` together with ``--platform``, so only the latter).
+        ``timestamp`` (seconds since 1970) fixes the created times of the image and its layers'
+        files, so the same inputs give the same layers."""
         args = [
             "build",
             "--format", image_format,
@@ -87,6 +90,8 @@ class Buildah:
         ]
         if layers:
             args.append("--layers")
+        if timestamp is not None:
+            args += ["--timestamp", str(timestamp)]
         if platform:
             args += ["--platform", platform]
         if not tls_verify:
@@ -130,6 +135,44 @@ class Buildah:
             args += ["--digestfile", str(digestfile)]
         args += [ref, f"docker://{destination or ref}"]
         return self.command(*args)
+
+    def from_command(self, ref: str, *, pull: bool = True, tls_verify: bool = True,
+                     authfile: Path | None = None, cert_dir: Path | None = None) -> list[str]:
+        """``buildah from`` a working container of ``ref`` (prints its name); without ``pull``
+        only local storage is used (``--pull-never``)."""
+        args = ["from", "--quiet"]
+        if not pull:
+            args.append("--pull-never")
+        if not tls_verify:
+            args.append("--tls-verify=false")
+        if authfile is not None:
+            args += ["--authfile", str(authfile)]
+        if cert_dir is not None:
+            args += ["--cert-dir", str(cert_dir)]
+        return self.command(*args, ref)
+
+    def run_command(self, container: str, command: Sequence[str], *,
+                    env: Mapping[str, str] | None = None, volumes: Sequence[str] = (),
+                    workdir: str | None = None) -> list[str]:
+        """``buildah run`` of ``command`` in ``container`` (the image's ENTRYPOINT is not applied
+        by buildah: ``command`` is the whole command line). ``env`` adds to the image's Env."""
+        args = ["run", "--isolation", self.isolation]
+        for name, value in (env or {}).items():
+            args += ["--env", f"{name}={value}"]
+        for volume in volumes:
+            args += ["-v", volume]
+        if workdir is not None:
+            args += ["--workingdir", workdir]
+        return self.command(*args, container, "--", *command)
+
+    def rm_command(self, container: str) -> list[str]:
+        """``buildah rm``: remove a working container (its image stays)."""
+        return self.command("rm", container)
+
+    def local_names(self) -> list[str]:
+        """``name:tag`` of every image in local storage (never pulls)."""
+        result = self.run("images", "--format", "{{.Name}}:{{.Tag}}", what="buildah images")
+        return [line.strip() for line in result.stdout.splitlines() if line.strip()]
 
     def image_exists(self, ref: str) -> bool:
         """Whether local storage has an image named ``ref`` (never pulls)."""

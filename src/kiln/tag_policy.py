@@ -107,3 +107,15 @@ def tags_for(ci: CIContext) -> tuple[str, ...]:
     if ci.merge_request_iid:
         tags.append(mr_tag(ci.merge_request_iid))
     return tuple(tags)
+
+
+KEY_TAG_HEX = 32
+
+
+def key_tag(key: str) -> str:
+    """``k-<first 32 hex of the input key>``: the tag that finds a build by its input key
+    (one HEAD request). 128 bits keep accidental collisions out of reach."""
+    algorithm, _, hexdigest = key.partition(":")
+    if algorithm != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", hexdigest):
+        raise InputError(f"invalid input key {key!r}", hint="expected sha256:<64 hex digits>")
+    return f"k-{hexdigest[:KEY_TAG_HEX]}"

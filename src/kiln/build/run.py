@@ -1,38 +1,29 @@
-"""Building images: ``builds/<image>.in`` -> Containerfile -> ``buildah build`` -> push.
+"""Building images, the I/O: preprocess, resolve digests, look up input keys, build, push.
 
-The pure parts (references, build arguments, labels, FROM parsing, the dependency plan, buildah
-argv) take values, not processes, and are unit-tested without subprocesses; :func:`build` is the
-thin I/O shell around them. Decisions where the issue was silent:
+:mod:`kiln.build.plan` decides (pure); this module asks the tools and the registry. Decisions
+where the issues were silent:
 
 * **Build context** = the project directory (``context_dir`` overrides), so a build file can
   ``COPY services/backend /code``. Includes are searched as buildah's ``.in`` handling does
   (``cpp -iquote <context>``): the context, then the repo's ``includes/``, then kiln's shipped
-  includes (``kiln.preprocess.default_include_path``); cpp's quote rule also looks in the
-  including file's own folder (``builds/``) first.
-* **Containerfile** is written to ``<state_dir>/build/<image>/Containerfile`` and kept: a failing
-  step's error names its line there.
+  includes (``kiln.preprocess.default_include_path``).
+* **Containerfile** is written to ``<state_dir>/build/<image>/Containerfile`` (``...-<arch>``
+  for build-arch) and kept: a failing step's error names its line there. It is the pinned text:
+  every FROM image by digest.
 * **Target registry**: ``settings.registry`` when set (pushes by default); in CI without one,
   a configuration error; otherwise the embedded local registry (started on demand), with
   ``UPSTREAM_REGISTRY=<address>/mirror`` (unless ``upstream_registry`` is configured to
   something other than ``docker.io``) seeded offline by :mod:`kiln.seed`. ``--no-push`` keeps the
-  image in local storage only.
-* **TLS**: ``--tls-verify=false`` when the target or upstream registry is on loopback
-  (127.0.0.0/8, localhost, ::1: plain HTTP unless ``loopback_tls``) or ``tls_verify`` is off;
-  :mod:`kiln.registry.access` decides, for every tool and the HTTP client alike.
-* **CA bundle**: ``ca_bundle`` is bind-mounted read-only at ``/etc/ssl/certs/ca-certificates.crt``
-  for RUN steps only; its content never enters a layer (buildah leaves an empty mount-point file,
-  as it does for ``/etc/hosts``). It is also trusted for registry TLS (a temporary
-  ``--cert-dir``, added to the system roots), as the registry client does.
-* **Credentials**: ``CI_REGISTRY_USER``/``CI_REGISTRY_PASSWORD`` go into a temporary auth file
-  (mode 0600, deleted afterwards; :func:`kiln.registry.access.tool_access`) for our registry host
-  only, never onto a command line.
-* **Dependencies** (``deps``, default on): FROM lines naming ``<registry>/<name>`` where
-  ``builds/<name>.in`` exists are our own images. When a dependency's tag (``BASE_IMAGE_TAG``,
-  default ``latest``) is absent from the target registry (or, with ``--no-push``, from local
-  storage too), kiln builds it first, in the same pipeline (``p-<id>[-<arch>]``), recursively,
-  and passes ``BASE_IMAGE_TAG=p-<id>[-<arch>]`` to the dependent. If one of an image's own
-  dependencies is built, all of them are (``BASE_IMAGE_TAG`` applies to every FROM). Present
-  dependencies are used as they are: ``--no-deps`` never builds them. A cycle is an error.
+  image in local storage only (no input key, no reuse).
+* **TLS, CA bundle, credentials**: :mod:`kiln.registry.access` decides for every tool and the
+  HTTP client alike; ``ca_bundle`` is bind-mounted read-only for RUN steps only.
+* **Graph** (``deps``, default on): an image and every image of ours it is built FROM are
+  planned together (:mod:`kiln.build.graph`), dependencies first, independent images in
+  parallel (``jobs``). Each is looked up by its input key (tag ``k-<hex>``, label
+  ``dev.kiln.input-key``): found, ``p-<id>[-<arch>]`` is a manifest copy of it; otherwise it is
+  built (``--timestamp`` = the commit time) and pushed as ``p-<id>[-<arch>]`` and ``k-<hex>``.
+  Dependents are built FROM the digest this run produced. ``--no-deps`` builds only the image,
+  FROM whatever its FROM lines name. ``rebuild`` builds even when the key is found.
 """
 
 from __future__ import annotations
@@ -41,16 +32,46 @@ import os
 import re
 import shlex
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from kiln import console, credentials, proc, qemu, seed
-from kiln.arch import normalize_arch
+from kiln.arch import host_arch, normalize_arch
+from kiln.build.graph import ImageGraph, Node
+from kiln.build.plan import (
+    KEY_LABEL,
+    IgnoreRules,
+    Source,
+    Step,
+    Target,
+    build_arguments,
+    build_file_for,
+    context_entries,
+    copy_sources,
+    dependency_tag,
+    image_deps,
+    image_name_in,
+    input_key,
+    list_images,
+    make_graph,
+    make_step,
+    oci_labels,
+    pin_from_lines,
+    platform_mismatch,
+    push_format,
+    read_sources,
+    strip_reference,
+    strip_userinfo,
+    upstream_names,
+    utc_now,
+)
 from kiln.buildah import Buildah, failing_step
-from kiln.containerfile import FromLine, locate_step, parse_from_lines
+from kiln.containerfile import locate_step, parse_from_lines
 from kiln.errors import (
     BuildError,
     ConfigError,
@@ -61,150 +82,15 @@ from kiln.errors import (
     RegistryTransientError,
     ToolMissingError,
 )
-from kiln.registry import access
+from kiln.registry import access, media
 from kiln.registry.access import ToolAccess
-from kiln.registry.client import open_client
-from kiln.settings import Settings, validate_image_name
-from kiln.tag_policy import pipeline_image_ref as image_ref
-from kiln.tag_policy import pipeline_tag
+from kiln.registry.client import RegistryClient, open_client
+from kiln.registry.reference import parse_reference
+from kiln.settings import Settings
+from kiln.tag_policy import key_tag
 
 CA_TARGET = "/etc/ssl/certs/ca-certificates.crt"
 LOCAL_PLACEHOLDER = "127.0.0.1:<port>"
-
-
-# -- names and references (pure) -----------------------------------------------------------
-
-# p-<id>[-<arch>] (pipeline_tag, image_ref) has one home: kiln.tag_policy (docs/tags.md).
-
-
-
-def push_format(image_format: str) -> str:
-    """The manifest format ``buildah push`` must keep: docker images stay Docker v2s2."""
-    return "v2s2" if image_format == "docker" else "oci"
-
-
-def list_images(builds_dir: Path) -> list[str]:
-    """Names of the images in ``builds_dir`` (``<name>.in`` files with valid names)."""
-    if not builds_dir.is_dir():
-        return []
-    names = []
-    for path in builds_dir.glob("*.in"):
-        try:
-            names.append(validate_image_name(path.name[:-3]))
-        except ConfigError:
-            continue
-    return sorted(names)
-
-
-def build_file_for(settings: Settings, image: str) -> Path:
-    """``builds/<image>.in``; an :class:`InputError` listing the images when it does not exist.
-
-    The name is validated first (no ``/``, no ``..``), so the path cannot leave ``builds/``.
-    """
-    validate_image_name(image)
-    path = settings.builds_dir / f"{image}.in"
-    if not path.is_file():
-        known = list_images(settings.builds_dir)
-        raise InputError(
-            f"unknown image {image!r}: {path} does not exist",
-            hint=(f"images in {settings.builds_dir}: {', '.join(known)}" if known
-                  else f"no build files (*.in) in {settings.builds_dir}"),
-        )
-    return path
-
-
-def build_arguments(settings: Settings, image: str, registry: str, upstream_registry: str,
-                    base_image_tag: str | None = None) -> dict[str, str]:
-    """Build args of every build (CONTRACT): REGISTRY, UPSTREAM_REGISTRY, BASE_IMAGE_TAG, then
-    ``settings.build_args`` and the image's own ``build_args`` (later ones win)."""
-    args = {
-        "REGISTRY": registry,
-        "UPSTREAM_REGISTRY": upstream_registry,
-        "BASE_IMAGE_TAG": settings.base_image_tag,
-    }
-    args.update(settings.build_args)
-    args.update(settings.image_settings(image).build_args)
-    if base_image_tag is not None:
-        args["BASE_IMAGE_TAG"] = base_image_tag
-    return args
-
-
-def oci_labels(source: str | None, revision: str | None, created: str) -> dict[str, str]:
-    """The OCI annotations kiln sets; unknown source/revision are left out, never guessed."""
-    labels: dict[str, str] = {}
-    if source:
-        labels["org.opencontainers.image.source"] = source
-    if revision:
-        labels["org.opencontainers.image.revision"] = revision
-    labels["org.opencontainers.image.created"] = created
-    return labels
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def strip_userinfo(url: str) -> str:
-    """``https://user:token@host/x`` -> ``https://host/x``: a remote URL may carry a token."""
-    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1", url, flags=re.IGNORECASE)
-
-
-# -- FROM lines (pure; read by kiln.containerfile) -------------------------------------------
-
-def own_dependencies(froms: Sequence[FromLine], registry: str, known_images: Sequence[str],
-                     *, exclude: str | None = None) -> list[tuple[str, str]]:
-    """(image name, reference) of every FROM naming one of our images: ``<registry>/<name>...``
-    where ``builds/<name>.in`` exists. Earlier stage names are not images."""
-    prefix = registry.rstrip("/") + "/"
-    aliases: set[str] = set()
-    result: list[tuple[str, str]] = []
-    for line in froms:
-        image = line.image
-        if image.lower() in aliases:
-            continue
-        if line.alias:
-            aliases.add(line.alias.lower())
-        if not image.startswith(prefix):
-            continue
-        name = re.split(r"[:@]", image[len(prefix):], maxsplit=1)[0]
-        if name in known_images and name != exclude and (name, image) not in result:
-            result.append((name, image))
-    return result
-
-
-def upstream_names(froms: Sequence[FromLine], upstream_registry: str) -> list[str]:
-    """``library/debian:bookworm`` for each FROM under ``upstream_registry``."""
-    prefix = upstream_registry.rstrip("/") + "/"
-    names: list[str] = []
-    for line in froms:
-        if line.image.startswith(prefix):
-            name = line.image[len(prefix):]
-            if name not in names:
-                names.append(name)
-    return names
-
-
-def platform_mismatch(output: str) -> str | None:
-    """The base image's architecture when buildah warns it is not the one asked for.
-
-    buildah 1.28 only warns ("image platform ({amd64 linux ...}) does not match the expected
-    platform") and then builds, so an "arm64" image would contain amd64 binaries.
-    """
-    match = re.search(r"image platform \(\{(\S+) (\S+)[^)]*\) does not match the expected "
-                      r"platform", output)
-    return match[1] if match else None
-
-
-# -- the plan (pure, given a loader and an existence check) --------------------------------------
-
-@dataclass(frozen=True)
-class Target:
-    """Where images go: our registry prefix, the upstream prefix, push or not."""
-
-    registry: str
-    upstream_registry: str
-    push: bool
-    local: bool = False
 
 
 def resolve_target(settings: Settings, local_address: str | None) -> Target:
@@ -221,92 +107,6 @@ def resolve_target(settings: Settings, local_address: str | None) -> Target:
     return Target(address, upstream, True if settings.push is None else settings.push, local=True)
 
 
-@dataclass(frozen=True)
-class Step:
-    """One image to build, fully decided."""
-
-    image: str
-    arch: str | None
-    ref: str
-    text: str
-    build_args: Mapping[str, str]
-    froms: tuple[FromLine, ...]
-    dependency: bool = False
-    built_deps: tuple[str, ...] = ()
-
-
-def plan_builds(
-    image: str,
-    *,
-    arch: str | None,
-    target: Target,
-    pipeline_id: str,
-    known_images: Sequence[str],
-    load: Callable[[str], str],
-    args_for: Callable[[str, str | None], dict[str, str]],
-    exists: Callable[[str], bool],
-    deps: bool = True,
-) -> list[Step]:
-    """The builds needed for ``image``, dependencies first.
-
-    ``load(name)`` gives a preprocessed Containerfile, ``args_for(name, base_image_tag)`` its
-    build args, ``exists(ref)`` whether an image is available. Without ``deps`` only ``image``.
-    """
-    texts: dict[str, str] = {}
-    graph: dict[str, list[tuple[str, str]]] = {}
-
-    def explore(name: str, chain: tuple[str, ...]) -> None:
-        if name in chain:
-            cycle = " -> ".join((*chain[chain.index(name):], name))
-            raise InputError(f"dependency cycle between images: {cycle}",
-                             hint="an image cannot be built FROM itself through other images")
-        if name in graph:
-            return
-        texts[name] = load(name)
-        froms = parse_from_lines(texts[name], args_for(name, None))
-        graph[name] = own_dependencies(froms, target.registry, known_images, exclude=name)
-        if deps:
-            for dep, _ in graph[name]:
-                explore(dep, (*chain, name))
-
-    explore(image, ())
-    tag = pipeline_tag(pipeline_id, arch)
-    decided: dict[str, Step] = {}
-    order: list[Step] = []
-
-    def decide(name: str, dependency: bool) -> Step:
-        if name in decided:
-            return decided[name]
-        direct = graph[name] if deps else []
-        build_deps = bool(direct) and any(
-            dep in decided or not exists(ref) for dep, ref in direct
-        )
-        built: list[str] = []
-        if build_deps:
-            for dep, _ in direct:
-                decide(dep, True)
-                built.append(dep)
-        args = args_for(name, tag if build_deps else None)
-        froms = tuple(parse_from_lines(texts[name], args))
-        if build_deps:
-            for dep, ref in own_dependencies(froms, target.registry, known_images, exclude=name):
-                if dep in built and ref != decided[dep].ref:
-                    raise InputError(
-                        f"{name}: FROM {ref} does not follow BASE_IMAGE_TAG, so kiln cannot use "
-                        f"the {decided[dep].ref} it builds for it",
-                        hint=f"write FROM ${{REGISTRY}}/{dep}:${{BASE_IMAGE_TAG}} in "
-                             f"builds/{name}.in, or build {dep} and tag it first",
-                    )
-        step = Step(name, arch, image_ref(target.registry, name, pipeline_id, arch),
-                    texts[name], args, froms, dependency, tuple(built))
-        decided[name] = step
-        order.append(step)
-        return step
-
-    decide(image, False)
-    return order
-
-
 # -- argv (pure) ------------------------------------------------------------------------------
 
 def tls_verify_for(settings: Settings, target: Target) -> bool:
@@ -317,8 +117,12 @@ def tls_verify_for(settings: Settings, target: Target) -> bool:
 
 def build_command(buildah: Buildah, settings: Settings, step: Step, target: Target, *,
                   containerfile: Path, labels: Mapping[str, str],
-                  authfile: Path | None = None, cert_dir: Path | None = None) -> list[str]:
-    """The exact ``buildah build`` argv for ``step``."""
+                  authfile: Path | None = None, cert_dir: Path | None = None,
+                  timestamp: int | None = None) -> list[str]:
+    """The exact ``buildah build`` argv for ``step``: its input key as a label, created times
+    fixed to ``timestamp`` (the commit time) when known."""
+    if step.key is not None:
+        labels = {**labels, KEY_LABEL: step.key}
     volumes = [f"{settings.ca_bundle}:{CA_TARGET}:ro"] if settings.ca_bundle else []
     return buildah.build_command(
         containerfile=containerfile,
@@ -334,6 +138,7 @@ def build_command(buildah: Buildah, settings: Settings, step: Step, target: Targ
         authfile=authfile,
         cert_dir=cert_dir,
         secrets=settings.build_secrets,
+        timestamp=timestamp,
     )
 
 
@@ -364,28 +169,10 @@ def registry_access(settings: Settings, target: Target) -> AbstractContextManage
 
 
 # -- I/O ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class BuildResult:
-    """What one image build produced."""
-
-    image: str
-    arch: str | None
-    ref: str
-    containerfile: Path
-    digest: str | None = None
-    pushed: bool = False
-    dependency: bool = False
-    commands: tuple[tuple[str, ...], ...] = field(default_factory=tuple)
-
-    def as_dict(self) -> dict[str, object]:
-        return {"image": self.image, "arch": self.arch, "ref": self.ref,
-                "digest": self.digest, "pushed": self.pushed, "dependency": self.dependency,
-                "containerfile": str(self.containerfile)}
-
-
-def containerfile_path(settings: Settings, image: str) -> Path:
-    return settings.state_dir / "build" / image / "Containerfile"
+def containerfile_path(settings: Settings, image: str, arch: str | None = None) -> Path:
+    """Where the Containerfile of ``image`` is written (one per architecture for build-arch,
+    so parallel builds of two architectures never share it)."""
+    return settings.state_dir / "build" / (f"{image}-{arch}" if arch else image) / "Containerfile"
 
 
 def preprocess_image(settings: Settings, image: str) -> str:
@@ -402,6 +189,12 @@ def preprocess_image(settings: Settings, image: str) -> str:
     return str(result.text)
 
 
+def source_epoch(settings: Settings, env: Mapping[str, str] | None = None) -> int | None:
+    """The build's fixed timestamp: ``SOURCE_DATE_EPOCH``, else the commit time (``None`` when
+    neither is known: then buildah uses the current time)."""
+    return _source_facts(settings, env)[3]
+
+
 def source_metadata(settings: Settings,
                     env: Mapping[str, str] | None = None) -> tuple[str | None, str | None, str]:
     """(source URL, revision, created) for the OCI labels.
@@ -411,6 +204,11 @@ def source_metadata(settings: Settings,
     a label that changed on every build would give every rebuilt dependency a new image ID and
     so defeat the layer cache of every image built FROM it.
     """
+    return _source_facts(settings, env)[:3]
+
+
+def _source_facts(settings: Settings, env: Mapping[str, str] | None
+                  ) -> tuple[str | None, str | None, str, int | None]:
     env = os.environ if env is None else env
     source = settings.ci.project_url
     revision = settings.ci.commit_sha
@@ -436,30 +234,10 @@ def source_metadata(settings: Settings,
             if result.returncode == 0 and result.stdout.strip().isdigit():
                 epoch = result.stdout.strip()
     created = utc_now()
-    if epoch is not None and epoch.strip().isdigit():
-        created = datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return source, revision, created
-
-
-def _exists_check(settings: Settings, target: Target, buildah: Buildah,
-                  registry_up: bool) -> Callable[[str], bool]:
-    from kiln.registry.reference import parse_reference
-
-    cache: dict[str, bool] = {}
-
-    def exists(ref: str) -> bool:
-        if ref not in cache:
-            found = False
-            if registry_up:
-                parsed = parse_reference(ref)
-                with open_client(parsed.host, settings) as client:
-                    found = client.head_manifest(parsed.repository, parsed.reference) is not None
-            if not found and not target.push:
-                found = buildah.image_exists(ref)
-            cache[ref] = found
-        return cache[ref]
-
-    return exists
+    seconds = int(epoch.strip()) if epoch is not None and epoch.strip().isdigit() else None
+    if seconds is not None:
+        created = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return source, revision, created, seconds
 
 
 def _local_target(settings: Settings) -> tuple[Target, bool]:
@@ -471,63 +249,195 @@ def _local_target(settings: Settings) -> tuple[Target, bool]:
     return resolve_target(settings, chosen.prefix), chosen.prefix is not None
 
 
-def plan_image(settings: Settings, image: str, arch: str | None = None) -> tuple[Target, list[Step]]:
-    """Resolve the target and the list of builds (dependencies first) for ``image``."""
-    build_file_for(settings, image)
+@dataclass(frozen=True)
+class Plan:
+    """What one build run does: the target, the graph (dependencies first) and its sources."""
+
+    target: Target
+    graph: ImageGraph
+    sources: Mapping[str, Source]
+    roots: tuple[str, ...]
+    arch: str | None
+    registry_up: bool = True
+
+    def steps(self, pipeline_id: str) -> list[Step]:
+        """One step per image in build order, before input keys."""
+        return [make_step(self.sources[name], target=self.target, pipeline_id=pipeline_id,
+                          arch=self.arch, dependency=name not in self.roots,
+                          built_deps=self.graph.nodes[name].deps)
+                for name in self.graph.order()]
+
+
+def plan_graph(settings: Settings, roots: Sequence[str], arch: str | None = None) -> Plan:
+    """Read the build files of ``roots`` (and, with ``deps``, of every image of ours they are
+    built FROM) into a graph; errors for unknown images, cycles and missing build files."""
+    roots = tuple(dict.fromkeys(roots))
+    for name in roots:
+        build_file_for(settings, name)
     if arch is not None:
         arch = normalize_arch(arch)
     target, registry_up = _local_target(settings)
-    buildah = Buildah.from_settings(settings)
     known = list_images(settings.builds_dir)
-    texts: dict[str, str] = {}
+    context = settings.context_dir or settings.project_dir
 
-    def load(name: str) -> str:
-        if name not in texts:
-            texts[name] = preprocess_image(settings, name)
-        return texts[name]
+    def load(name: str) -> Source:
+        text = preprocess_image(settings, name)
+        args = build_arguments(settings, name, target.registry, target.upstream_registry)
+        froms = parse_from_lines(text, args)
+        has_deps = any(image_name_in(f.image, target.registry) in known for f in froms
+                       if f.is_image and not f.image.startswith(target.upstream_registry + "/"))
+        if settings.deps and has_deps:
+            args = build_arguments(settings, name, target.registry, target.upstream_registry,
+                                   dependency_tag(settings.pipeline_id, arch))
+            froms = parse_from_lines(text, args)
+        rel = os.path.relpath(containerfile_path(settings, name, arch), context)
+        return Source(name, f"builds/{name}.in", rel, text, args, tuple(froms))
 
-    def args_for(name: str, base_tag: str | None) -> dict[str, str]:
-        return build_arguments(settings, name, target.registry, target.upstream_registry, base_tag)
+    sources = read_sources(roots, load, registry=target.registry,
+                           upstream_registry=target.upstream_registry, known_images=known,
+                           follow=settings.deps)
+    if settings.deps:
+        graph = make_graph(sources, registry=target.registry,
+                           upstream_registry=target.upstream_registry, known_images=known,
+                           arches=(arch or host_arch(),))
+    else:
+        for src in sources.values():  # still an error: FROM an image without a build file
+            image_deps(src, target.registry, target.upstream_registry, known)
+        graph = ImageGraph({name: Node(name, (arch or host_arch(),), (), src.file)
+                            for name, src in sources.items()})
+    return Plan(target, graph, sources, roots, arch, registry_up)
 
-    steps = plan_builds(
-        image, arch=arch, target=target, pipeline_id=settings.pipeline_id, known_images=known,
-        load=load, args_for=args_for, exists=_exists_check(settings, target, buildah, registry_up),
-        deps=settings.deps,
-    )
-    return target, steps
+
+# -- registry answers -------------------------------------------------------------------------
+
+class Registries:
+    """Registry clients by host for one run (thread-safe), and the answers kiln needs: a FROM
+    image's digest for one platform, a key tag's manifest, a manifest copy."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._stack = ExitStack()
+        self._clients: dict[str, RegistryClient] = {}
+        self._lock = threading.Lock()
+        self._digests: dict[tuple[str, str], str] = {}
+
+    def __enter__(self) -> Registries:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def client(self, host: str) -> RegistryClient:
+        with self._lock:
+            if host not in self._clients:
+                self._clients[host] = self._stack.enter_context(open_client(host, self.settings))
+            return self._clients[host]
+
+    def platform_digest(self, ref: str, arch: str) -> str:
+        """The digest of ``ref``'s image for linux/``arch`` (a list's child, or the image).
+        A missing image is an :class:`InputError`."""
+        cache_key = (ref, arch)
+        if cache_key in self._digests:
+            return self._digests[cache_key]
+        parsed = parse_reference(ref)
+        client = self.client(parsed.host)
+        manifest = client.get_manifest(parsed.repository, parsed.reference) if self.exists(
+            client, parsed.repository, parsed.reference, ref) else None
+        assert manifest is not None
+        digest = manifest.digest
+        if manifest.is_index:
+            children = [c for c in media.index_children(manifest.body, ref)
+                        if (c.platform or {}).get("architecture") == arch
+                        and (c.platform or {}).get("os", "linux") == "linux"]
+            if not children:
+                raise InputError(f"{ref} has no image for linux/{arch}",
+                                 hint="mirror or build that architecture, or build another one")
+            digest = children[0].digest
+        self._digests[cache_key] = digest
+        return digest
+
+    @staticmethod
+    def exists(client: RegistryClient, repository: str, reference: str, ref: str) -> bool:
+        if client.head_manifest(repository, reference) is None:
+            raise InputError(f"FROM image {ref} does not exist",
+                             hint="build or mirror it first, or fix the FROM line / "
+                                  "BASE_IMAGE_TAG")
+        return True
+
+    def find(self, ref: str) -> str | None:
+        """The digest of ``ref`` when the registry has it (one HEAD request), else None."""
+        parsed = parse_reference(ref)
+        info = self.client(parsed.host).head_manifest(parsed.repository, parsed.reference)
+        return info.digest if info is not None else None
+
+    def copy(self, source: str, tag: str) -> str:
+        """Write ``tag`` in ``source``'s repository as a byte-for-byte copy of its manifest."""
+        parsed = parse_reference(source)
+        client = self.client(parsed.host)
+        manifest = client.get_manifest(parsed.repository, parsed.reference)
+        return client.put_manifest(parsed.repository, tag, manifest)
 
 
-def build(settings: Settings, image: str, arch: str | None = None) -> list[BuildResult]:
-    """Build ``image`` (and missing dependencies), natively or for ``arch``; push per target.
+# -- one image ------------------------------------------------------------------------------
 
-    In a dry run, prints the plan (paths, exact commands) on stdout and changes nothing.
-    """
-    buildah = Buildah.from_settings(settings)
-    problems: list[str] = []
-    if arch is not None:
-        arch = normalize_arch(arch)
-        try:
-            qemu.check_binfmt(arch)
-        except ToolMissingError as exc:
-            if not settings.dry_run:
-                raise
-            problems.append(str(exc))
-    if not settings.dry_run:
-        proc.which("buildah")
-    if settings.ca_bundle is not None and not settings.ca_bundle.is_file():
-        raise ConfigError(f"CA bundle {settings.ca_bundle} does not exist",
-                          hint="set KILN_CA_BUNDLE / ca-bundle to an existing PEM file")
-    target, steps = plan_image(settings, image, arch)
-    labels = oci_labels(*source_metadata(settings))
-    refuse_credentials(settings, steps, labels)
-    if settings.dry_run:
-        return _print_plan(settings, buildah, target, steps, labels, problems)
-    results: list[BuildResult] = []
-    with registry_access(settings, target) as tools:
-        for step in steps:
-            results.append(_run_step(settings, buildah, target, step, labels, tools.authfile,
-                                     tools.cert_dir))
-    return results
+@dataclass(frozen=True)
+class BuildResult:
+    """What one image build (or reuse) produced."""
+
+    image: str
+    arch: str | None
+    ref: str
+    containerfile: Path
+    digest: str | None = None
+    pushed: bool = False
+    dependency: bool = False
+    commands: tuple[tuple[str, ...], ...] = field(default_factory=tuple)
+    key: str | None = None
+    reused: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return {"image": self.image, "arch": self.arch, "ref": self.ref,
+                "digest": self.digest, "pushed": self.pushed, "dependency": self.dependency,
+                "containerfile": str(self.containerfile), "key": self.key,
+                "reused": self.reused}
+
+
+def keyed_step(settings: Settings, plan: Plan, step: Step, registries: Registries,
+               built: Mapping[str, str]) -> Step:
+    """``step`` with its input key and pinned Containerfile: every FROM image resolved to the
+    digest of its platform's manifest (``built``: digests of our images this run made)."""
+    arch = step.arch or host_arch()
+    pins: dict[str, str] = {}
+    from_digests: list[tuple[str, str]] = []
+    for line in step.froms:
+        if not line.is_image or line.image in pins:
+            if line.is_image:
+                from_digests.append((line.image, pins[line.image].rsplit("@", 1)[1]))
+            continue
+        name = image_name_in(line.image, plan.target.registry)
+        if name is not None and name in built:
+            digest = built[name]
+        else:
+            try:
+                digest = registries.platform_digest(line.image, arch)
+            except InputError as exc:
+                where = containerfile_path(settings, step.image, step.arch)
+                raise InputError(f"{where}:{line.line}: {step.image}: {exc.message}",
+                                 hint=f"nothing was built; {exc.hint}") from None
+        pins[line.image] = f"{strip_reference(line.image)}@{digest}"
+        from_digests.append((line.image, digest))
+    context = settings.context_dir or settings.project_dir
+    entries = context_entries(context, copy_sources(step.text, step.build_args),
+                              IgnoreRules.read(context))
+    key = input_key(containerfile=step.text, build_args=step.build_args, arch=arch,
+                    image_format=settings.image_format, from_digests=from_digests,
+                    context=entries)
+    return replace(step, key=key, pinned_text=pin_from_lines(step.text, step.froms, pins))
+
+
+def key_ref(target: Target, step: Step) -> str:
+    assert step.key is not None
+    return f"{target.registry.rstrip('/')}/{step.image}:{key_tag(step.key)}"
 
 
 def refuse_credentials(settings: Settings, steps: Sequence[Step],
@@ -538,7 +448,7 @@ def refuse_credentials(settings: Settings, steps: Sequence[Step],
     Outside a dry run the Containerfiles are written first, so the file:line in the message
     can be opened (``invoke preprocess`` prints the same text)."""
     for step in steps:
-        containerfile = containerfile_path(settings, step.image)
+        containerfile = containerfile_path(settings, step.image, step.arch)
         if not settings.dry_run:
             containerfile.parent.mkdir(parents=True, exist_ok=True)
             containerfile.write_text(step.text, encoding="utf-8")
@@ -574,7 +484,8 @@ def _seed(settings: Settings, target: Target, step: Step, *, dry_run: bool) -> l
     if dry_run:
         return seedable
     if seedable:
-        pushed = seed.seed_upstream(settings, target.registry, names=seedable)
+        pushed = seed.seed_upstream(settings, target.registry, names=seedable,
+                                    arches=[step.arch] if step.arch else None)
         for ref in pushed:
             console.step(f"seeded {ref}")
     if unknown:
@@ -592,46 +503,184 @@ def _seed(settings: Settings, target: Target, step: Step, *, dry_run: bool) -> l
     return seedable
 
 
-def _run_step(settings: Settings, buildah: Buildah, target: Target, step: Step,
-              labels: Mapping[str, str], authfile: Path | None,
-              cert_dir: Path | None) -> BuildResult:
-    key = f"{step.image}{'_' + step.arch if step.arch else ''}"
-    what = "dependency " if step.dependency else ""
-    with console.section(f"build_{key}", f"build {what}{step.image} -> {step.ref}"):
-        argv, containerfile = _build_step(settings, buildah, target, step, labels, authfile,
-                                          cert_dir)
-    if not target.push:
-        console.step(f"built {step.ref} (local storage only, not pushed)")
-        return BuildResult(step.image, step.arch, step.ref, containerfile, None, False,
-                           step.dependency, (tuple(argv),))
-    with console.section(f"push_{key}", f"push {step.ref}"), \
-            console.activity(f"pushing {step.ref}"), \
-            tempfile.TemporaryDirectory(prefix="kiln-push-") as tmp:
-        digestfile = Path(tmp) / "digest"
-        push = push_command(buildah, settings, step, target, authfile=authfile,
-                            digestfile=digestfile, cert_dir=cert_dir)
-        pushed = proc.run(push, error=BuildError, what=f"push of {step.ref}", stream=True,
-                          check=False)
-        if pushed.returncode != 0:
-            raise _push_failure(step, pushed)
-        digest = digestfile.read_text(encoding="utf-8").strip() if digestfile.exists() else None
-    console.step(f"pushed {step.ref}" + (f"@{digest}" if digest else ""))
-    return BuildResult(step.image, step.arch, step.ref, containerfile, digest, True,
-                       step.dependency, (tuple(argv), tuple(push)))
+def build(settings: Settings, image: str | Sequence[str], arch: str | None = None, *,
+          rebuild: bool = False, jobs: int = 1) -> list[BuildResult]:
+    """Build ``image`` (one name or several; with ``deps`` also the images of ours they are
+    built FROM), natively or for ``arch``: dependencies first, ``jobs`` independent images at
+    a time; each reused by its input key when the target has it (unless ``rebuild``).
+
+    In a dry run, prints the plan (paths, exact commands) on stdout and changes nothing.
+    """
+    roots = [image] if isinstance(image, str) else list(image)
+    buildah = Buildah.from_settings(settings)
+    problems: list[str] = []
+    if arch is not None:
+        arch = normalize_arch(arch)
+        try:
+            qemu.check_binfmt(arch)
+        except ToolMissingError as exc:
+            if not settings.dry_run:
+                raise
+            problems.append(str(exc))
+    if not settings.dry_run:
+        proc.which("buildah")
+    if settings.ca_bundle is not None and not settings.ca_bundle.is_file():
+        raise ConfigError(f"CA bundle {settings.ca_bundle} does not exist",
+                          hint="set KILN_CA_BUNDLE / ca-bundle to an existing PEM file")
+    plan = plan_graph(settings, roots, arch)
+    steps = plan.steps(settings.pipeline_id)
+    source, revision, created, epoch = _source_facts(settings, None)
+    labels = oci_labels(source, revision, created)
+    refuse_credentials(settings, steps, labels)
+    if settings.dry_run:
+        return _print_plan(settings, buildah, plan.target, steps, labels, problems,
+                           rebuild=rebuild, epoch=epoch)
+    run = _Run(settings, buildah, plan, labels, epoch, rebuild)
+    with registry_access(settings, plan.target) as tools, Registries(settings) as registries:
+        run.tools, run.registries = tools, registries
+        return run.all(steps, jobs)
+
+
+@dataclass
+class _Run:
+    """One build run's state: what was built (digests for dependents), in graph order."""
+
+    settings: Settings
+    buildah: Buildah
+    plan: Plan
+    labels: Mapping[str, str]
+    epoch: int | None
+    rebuild: bool
+    tools: ToolAccess | None = None
+    registries: Registries | None = None
+    digests: dict[str, str] = field(default_factory=dict)
+
+    def all(self, steps: Sequence[Step], jobs: int) -> list[BuildResult]:
+        """Every step once its dependencies are done; ``jobs`` at a time; the first failure
+        stops new builds (running ones finish) and is raised."""
+        by_name = {step.image: step for step in steps}
+        results: dict[str, BuildResult] = {}
+        pending = list(by_name)
+        running: dict[Future[BuildResult], str] = {}
+        failure: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="kiln-build") as pool:
+            while pending or running:
+                if failure is None:
+                    for name in list(pending):
+                        if len(running) >= jobs:
+                            break
+                        if all(dep in results for dep in self.plan.graph.nodes[name].deps):
+                            pending.remove(name)
+                            running[pool.submit(self.one, by_name[name])] = name
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    name = running.pop(future)
+                    try:
+                        results[name] = future.result()
+                    except BaseException as exc:  # noqa: BLE001 - re-raised below
+                        failure = failure or exc
+                        pending.clear()
+        if failure is not None:
+            raise failure
+        return [results[name] for name in self.plan.graph.order() if name in results]
+
+    def one(self, step: Step) -> BuildResult:
+        settings, target = self.settings, self.plan.target
+        assert self.tools is not None and self.registries is not None
+        section = f"{step.image}{'_' + step.arch if step.arch else ''}"
+        what = "dependency " if step.dependency else ""
+        _seed(settings, target, step, dry_run=False)
+        if target.push:
+            step = keyed_step(settings, self.plan, step, self.registries, self.digests)
+            console.info(f"{step.image}: input key {step.key}")
+            found = None if self.rebuild else self.registries.find(key_ref(target, step))
+            if found is not None:
+                with console.section(f"reuse_{section}", f"reuse {what}{step.image} -> "
+                                                         f"{step.ref}"):
+                    digest = self.registries.copy(key_ref(target, step), step.ref.rsplit(":", 1)[1])
+                console.step(f"reused {step.ref}@{digest} (same input key as "
+                             f"{key_ref(target, step)}; nothing built)")
+                self.digests[step.image] = digest
+                return BuildResult(step.image, step.arch, step.ref,
+                                   containerfile_path(settings, step.image, step.arch), digest,
+                                   True, step.dependency, (), step.key, True)
+        with console.section(f"build_{section}", f"build {what}{step.image} -> {step.ref}"):
+            argv, containerfile = _build_step(settings, self.buildah, target, step, self.labels,
+                                              self.tools.authfile, self.tools.cert_dir,
+                                              self.epoch)
+        if not target.push:
+            console.step(f"built {step.ref} (local storage only, not pushed)")
+            return BuildResult(step.image, step.arch, step.ref, containerfile, None, False,
+                               step.dependency, (tuple(argv),))
+        with console.section(f"push_{section}", f"push {step.ref}"), \
+                console.activity(f"pushing {step.ref}"), \
+                tempfile.TemporaryDirectory(prefix="kiln-push-") as tmp:
+            digestfile = Path(tmp) / "digest"
+            push = push_command(self.buildah, settings, step, target,
+                                authfile=self.tools.authfile, digestfile=digestfile,
+                                cert_dir=self.tools.cert_dir)
+            pushed = proc.run(push, error=BuildError, what=f"push of {step.ref}", stream=True,
+                              check=False)
+            if pushed.returncode != 0:
+                raise _push_failure(step, pushed)
+            pushed_digest = (digestfile.read_text(encoding="utf-8").strip()
+                             if digestfile.exists() else self.registries.find(step.ref))
+            # the key tag last: it only ever names a complete, pushed image
+            self.registries.copy(step.ref, key_tag(step.key or ""))
+        console.step(f"pushed {step.ref}" + (f"@{pushed_digest}" if pushed_digest else "")
+                     + f" and {key_tag(step.key or '')}")
+        if pushed_digest:
+            self.digests[step.image] = pushed_digest
+        return BuildResult(step.image, step.arch, step.ref, containerfile, pushed_digest, True,
+                           step.dependency, (tuple(argv), tuple(push)), step.key, False)
+
+
+def describe_graph(settings: Settings, roots: Sequence[str] | None, arch: str | None = None,
+                   *, rebuild: bool = False) -> ImageGraph:
+    """The graph of ``roots`` (every image when None) with input keys and reuse as the target
+    registry answers them (read-only: HEAD/GET requests). An image whose dependency must be
+    built has no key yet (it depends on the digest that build produces)."""
+    names = list(roots) if roots else list_images(settings.builds_dir)
+    if not names:
+        raise InputError(f"no build files (*.in) in {settings.builds_dir}")
+    settings = settings.replace(deps=True)
+    plan = plan_graph(settings, names, arch)
+    if not plan.registry_up or settings.dry_run or not plan.target.push:
+        return plan.graph
+    graph = plan.graph
+    digests: dict[str, str] = {}
+    with Registries(settings) as registries:
+        for step in plan.steps(settings.pipeline_id):
+            node = graph.nodes[step.image]
+            if any(dep not in digests for dep in node.deps):
+                continue
+            try:
+                keyed = keyed_step(settings, plan, step, registries, digests)
+            except InputError as exc:  # a FROM image not there yet (e.g. not seeded)
+                console.warn(f"{step.image}: no input key yet: {exc.message}")
+                continue
+            found = registries.find(key_ref(plan.target, keyed))
+            if found is not None:
+                digests[step.image] = found
+            graph = graph.replace(replace(node, key=keyed.key, reusable=found is not None,
+                                          changed=rebuild or found is None))
+    return graph
 
 
 def _build_step(settings: Settings, buildah: Buildah, target: Target, step: Step,
                 labels: Mapping[str, str], authfile: Path | None,
-                cert_dir: Path | None) -> tuple[list[str], Path]:
-    """Seed, build and check one image (inside its log section); returns (argv, Containerfile)."""
-    _seed(settings, target, step, dry_run=False)
-    containerfile = containerfile_path(settings, step.image)
+                cert_dir: Path | None, epoch: int | None = None) -> tuple[list[str], Path]:
+    """Build and check one image (inside its log section); returns (argv, Containerfile).
+    The Containerfile written is the pinned one (FROM images by digest) when the key is known."""
+    containerfile = containerfile_path(settings, step.image, step.arch)
     containerfile.parent.mkdir(parents=True, exist_ok=True)
-    containerfile.write_text(step.text, encoding="utf-8")
+    containerfile.write_text(step.build_text, encoding="utf-8")
     what = "dependency " if step.dependency else ""
     console.step(f"building {what}{step.image} -> {step.ref} (Containerfile: {containerfile})")
     argv = build_command(buildah, settings, step, target, containerfile=containerfile,
-                         labels=labels, authfile=authfile, cert_dir=cert_dir)
+                         labels=labels, authfile=authfile, cert_dir=cert_dir, timestamp=epoch)
     result = proc.run(argv, error=BuildError, what=f"build of {step.image}", stream=True,
                       check=False)
     if result.returncode != 0:
@@ -688,7 +737,7 @@ def classify_failure(output: str, instruction: str | None) -> tuple[type[KilnErr
 def _build_failure(step: Step, containerfile: Path, result: proc.Result) -> KilnError:
     output = result.stdout + result.stderr
     instruction = failing_step(output)
-    line = locate_step(step.text, instruction) if instruction else None
+    line = locate_step(step.build_text, instruction) if instruction else None
     if line is None and instruction and instruction.upper().startswith("FROM "):
         words = [w for w in instruction.split()[1:] if not w.startswith("--")]
         line = next((f.line for f in step.froms if words and f.image == words[0]), None)
@@ -715,8 +764,10 @@ def _push_failure(step: Step, result: proc.Result) -> KilnError:
 
 
 def _print_plan(settings: Settings, buildah: Buildah, target: Target, steps: Sequence[Step],
-                labels: Mapping[str, str], problems: Sequence[str] = ()) -> list[BuildResult]:
-    """The dry run: what would happen, as exact commands, on stdout (and what would fail)."""
+                labels: Mapping[str, str], problems: Sequence[str] = (), *,
+                rebuild: bool = False, epoch: int | None = None) -> list[BuildResult]:
+    """The dry run: what would happen, as exact commands, on stdout (and what would fail).
+    Input keys need registry answers, so the plan shows where they are looked up."""
     planned = access.planned_tool_access(settings, registry_hosts(settings, target),
                                          keep_auth_file=True)
     authfile, cert_dir = planned.authfile, planned.cert_dir
@@ -730,22 +781,30 @@ def _print_plan(settings: Settings, buildah: Buildah, target: Target, steps: Seq
             lines.append(f"use the embedded local registry at {target.registry}")
     results = []
     for step in steps:
-        containerfile = containerfile_path(settings, step.image)
-        lines.append(f"# {step.image}" + (" (dependency: missing in the target)"
-                                          if step.dependency else ""))
+        containerfile = containerfile_path(settings, step.image, step.arch)
+        lines.append(f"# {step.image}" + (" (dependency)" if step.dependency else ""))
         seeds = _seed(settings, target, step, dry_run=True)
         if seeds:
             lines.append(f"seed offline upstream images into {target.registry}/mirror: "
                          + ", ".join(seeds))
-        lines.append(f"write {containerfile} (preprocessed builds/{step.image}.in)")
+        if target.push:
+            key = f"{target.registry}/{step.image}:k-<input key>"
+            lines.append("compute the input key (FROM digests, context files, build args); "
+                         + ("--rebuild: build even when the registry has it" if rebuild else
+                            f"when {key} exists: copy its manifest to {step.ref}, build nothing"))
+        lines.append(f"write {containerfile} (preprocessed builds/{step.image}.in"
+                     + (", FROM images pinned by digest)" if target.push else ")"))
         argv = build_command(buildah, settings, step, target, containerfile=containerfile,
-                             labels=labels, authfile=authfile, cert_dir=cert_dir)
+                             labels=labels, authfile=authfile, cert_dir=cert_dir,
+                             timestamp=epoch)
         lines.append(shlex.join(argv))
         commands = [tuple(argv)]
         if target.push:
             push = push_command(buildah, settings, step, target, authfile=authfile,
                                 digestfile=Path("<digest file>"), cert_dir=cert_dir)
             lines.append(shlex.join(push))
+            lines.append(f"copy the manifest of {step.ref} to "
+                         f"{target.registry}/{step.image}:k-<input key>")
             commands.append(tuple(push))
         else:
             lines.append(f"(not pushed: {step.ref} stays in local storage)")

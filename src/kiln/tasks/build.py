@@ -1,13 +1,16 @@
-"""Build tasks: preprocess, build, build-arch, binfmt-register, the embedded registry, images.
+"""Build tasks: preprocess, build, build-arch, graph, binfmt-register, the embedded registry,
+images.
 
 Thin: flags become settings (``None`` = not given, so environment and ``[tool.kiln]`` apply),
 :mod:`kiln.build`, :mod:`kiln.qemu` and :mod:`kiln.local_registry` do the work. Boolean flags
 that default to on (``--deps``, ``--push``) can only be turned off from the command line
 (``--no-deps``, ``--no-push``); the environment (``KILN_DEPS``, ``KILN_PUSH``) sets them too.
+``--image`` may be given more than once (build, build-arch, graph); without it ``IMAGE_NAME``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,11 +18,18 @@ from kiln import build as engine
 from kiln import console, qemu
 from kiln.arch import SUPPORTED_ARCHES, host_arch, parse_arches
 from kiln.errors import InputError
-from kiln.settings import Settings
+from kiln.settings import Settings, validate_image_name
 from kiln.tasks.common import kiln_task
 
-_BUILD_FLAGS = ("image", "registry", "strict", "dry_run", "deps", "push", "base_image_tag", "json")
+# the flags of before keep their short forms: new flags go last
+_BUILD_FLAGS = ("image", "registry", "strict", "dry_run", "deps", "push", "base_image_tag", "json",
+                "all", "jobs", "rebuild")
 _BUILD_HELP = {
+    "image": "image name: builds/<IMAGE>.in (repeat --image for several; default IMAGE_NAME)",
+    "all": "every image in builds/ (the whole graph, dependencies first)",
+    "jobs": "images built at the same time when they do not depend on each other "
+            "(default: the CPU count)",
+    "rebuild": "build even when the registry has an image for the same input key",
     "dry_run": "print the plan (Containerfile path, exact buildah commands, pushes); change nothing",
 }
 
@@ -32,18 +42,41 @@ def _image(settings: Settings) -> str:
     return settings.image
 
 
+def _images(settings: Settings, image: Sequence[str] | None, every: bool) -> list[str]:
+    """The images named by ``--image`` (repeatable), ``--all``, or ``IMAGE_NAME``."""
+    names = [validate_image_name(name) for name in (image or [])]
+    if every:
+        if names:
+            raise InputError("--all and --image together",
+                             hint="pass --all for every image, or --image for some")
+        names = engine.list_images(settings.builds_dir)
+        if not names:
+            raise InputError(f"no build files (*.in) in {settings.builds_dir}")
+        return names
+    return names or [_image(settings)]
+
+
 def _report(settings: Settings, results: Sequence[engine.BuildResult]) -> None:
     """One line per image for people; one ``--json`` result each (image = repository, tag,
     digest, plus the build's details)."""
     for r in results:
         repository, _, tag = r.ref.rpartition(":")
-        action = "planned" if settings.dry_run else "pushed" if r.pushed else "built"
+        action = ("planned" if settings.dry_run else "reused" if r.reused
+                  else "pushed" if r.pushed else "built")
         details = {k: v for k, v in r.as_dict().items() if k not in {"image", "digest"}}
         console.record(action, image=repository, tag=tag, digest=r.digest, name=r.image,
                        **details)
         if not settings.dry_run:
-            where = f"pushed @{r.digest}" if r.pushed else "in local storage"
+            where = (f"reused @{r.digest}" if r.reused else f"pushed @{r.digest}" if r.pushed
+                     else "in local storage")
             console.step(f"done: {r.ref} ({where})")
+
+
+def _build(settings: Settings, image: Sequence[str] | None, every: bool, jobs: str | None,
+           rebuild: bool, arch: str | None) -> None:
+    count = engine.parse_jobs(jobs, os.cpu_count())
+    names = _images(settings, image, every)
+    _report(settings, engine.build(settings, names, arch=arch, rebuild=rebuild, jobs=count))
 
 
 @kiln_task(flags=("image", "strict", "dry_run", "json"), help={
@@ -59,16 +92,48 @@ def preprocess(c: Any, settings: Settings) -> None:
         console.out(text)
 
 
-@kiln_task(flags=_BUILD_FLAGS, help=_BUILD_HELP)
-def build(c: Any, settings: Settings) -> None:
-    """Build an image with buildah (v2s2, chroot, layer cache); push <registry>/<image>:p-<id>."""
-    _report(settings, engine.build(settings, _image(settings)))
+@kiln_task(flags=_BUILD_FLAGS, help=_BUILD_HELP, iterable=["image"])
+def build(c: Any, settings: Settings, image: list[str] | None = None,
+          all: bool = False,  # noqa: A002 - the flag is --all
+          jobs: str | None = None, rebuild: bool = False) -> None:
+    """Build images with buildah (v2s2, chroot, layer cache); push <registry>/<image>:p-<id>.
+    Dependencies first; an image whose input key the registry has is reused, not rebuilt."""
+    _build(settings, image, all, jobs, rebuild, None)
 
 
-@kiln_task(flags=(*_BUILD_FLAGS[:1], "arch", *_BUILD_FLAGS[1:]), help=_BUILD_HELP)
-def build_arch(c: Any, settings: Settings) -> None:
-    """Build an image for one architecture through qemu; tag p-<id>-<arch>."""
-    _report(settings, engine.build(settings, _image(settings), arch=settings.arch))
+@kiln_task(flags=(*_BUILD_FLAGS[:1], "arch", *_BUILD_FLAGS[1:]), help=_BUILD_HELP,
+           iterable=["image"])
+def build_arch(c: Any, settings: Settings, image: list[str] | None = None,
+               all: bool = False,  # noqa: A002 - the flag is --all
+               jobs: str | None = None, rebuild: bool = False) -> None:
+    """Build images for one architecture through qemu; tag p-<id>-<arch>."""
+    _build(settings, image, all, jobs, rebuild, settings.arch)
+
+
+@kiln_task(flags=("image", "arch", "mermaid", "registry", "rebuild", "json"), help={
+    "image": "images to show with what they are built FROM (repeatable; default: all)",
+    "arch": "architecture whose input keys to compute (default: the host's)",
+    "mermaid": "print a Mermaid diagram (GitLab renders it; images to build highlighted)",
+    "rebuild": "show every image as to be built (as build --rebuild would)",
+    "json": "print nodes, edges, input keys and reuse as one JSON document",
+    "dry_run": "do not ask the registry: the graph without input keys",
+}, iterable=["image"])
+def graph(c: Any, settings: Settings, image: list[str] | None = None, mermaid: bool = False,
+          rebuild: bool = False) -> None:
+    """Print the image graph in build order: what each image is built FROM, its input key and
+    whether the target registry already has an image for it."""
+    names = [validate_image_name(name) for name in (image or [])]
+    arch = settings.arch if settings.arch != host_arch() else None
+    result = engine.describe_graph(settings, names or None, arch, rebuild=rebuild)
+    console.summary().set_extra("graph", result.as_dict())
+    for name in result.order():
+        node = result.nodes[name]
+        console.record("build" if node.changed else "reuse", image=name, key=node.key,
+                       deps=list(node.deps), arches=list(node.arches), reusable=node.reusable,
+                       file=node.file)
+    if console.json_enabled():
+        return
+    console.out(result.to_mermaid() if mermaid else result.to_table())
 
 
 @kiln_task(flags=("arch", "dry_run", "json"), help={
@@ -168,5 +233,5 @@ def images(c: Any, settings: Settings) -> None:
             console.out(name)
 
 
-TASKS = (preprocess, build, build_arch, binfmt_register, registry_start, registry_stop,
+TASKS = (preprocess, build, build_arch, graph, binfmt_register, registry_start, registry_stop,
          registry_status, images)
