@@ -183,6 +183,7 @@ SAMPLES = {  # kind -> (a value as the environment spells it, the coerced value)
     "mapping": ("A=1,B=2", {"A": "1", "B": "2"}),
     "secret": ("s3cret-value", "s3cret-value"),
     "registry": ("registry.example:5000/g/", "registry.example:5000/g"),
+    "seconds": ("2.5", 2.5),
 }
 
 

@@ -6,7 +6,9 @@ Every failure kiln reports is a :class:`KilnError` subclass. Its ``exit_code`` t
 ====  ==========================================================
  2    bad input or configuration (fix the input; retry is useless)
  3    registry authentication / authorisation (ask for access)
- 4    transient registry failure (worth a retry)
+ 4    transient registry failure (worth a retry), and a registry answer that cannot be right
+      (bytes not matching their digest, an answer beyond kiln's limits): not retried at once,
+      but a rerun after the registry or the proxy in front of it is fixed can succeed
  5    build failure (a build step failed)
  6    a required host tool is missing or not set up (install it)
 ====  ==========================================================
@@ -56,6 +58,14 @@ class RegistryError(KilnError):
 
 class RegistryTransientError(KilnError):
     """The registry could not be reached or kept failing with 5xx/429: worth a retry."""
+
+    exit_code = 4
+
+
+class RegistryIntegrityError(KilnError):
+    """The registry's answer cannot be right: bytes that do not match their digest, an answer
+    larger than kiln's limit for it, a tag list whose pages loop. Retrying the same registry at
+    once gives the same bytes, so kiln does not; the exit code is the transient one (4)."""
 
     exit_code = 4
 

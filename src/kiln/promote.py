@@ -19,6 +19,10 @@ Every operation here moves manifests, never layers (``docs/tags.md``,
   original manifest and its other tags are never touched; kiln lists the tags before and after
   and fails loudly if any other tag disappeared. A run interrupted between the two steps leaves
   ``mr-<iid>`` on a throwaway manifest; the rerun recognises it by its annotation and deletes it.
+  Removal is verified with the tag list, not only a HEAD: a registry can delete the manifest and
+  keep the tag (distribution answers such a half-done DELETE with 500), so a tag still listed
+  and pointing at nothing is re-pointed at a fresh throwaway and deleted again — also when a
+  later run finds it. A tag still dangling after that is exit 4 with a hint to rerun.
 
 An image may have several destinations (``[tool.kiln.images.<name>] destinations``). The source
 ``p-<id>`` lives where ``build``/``manifest`` pushed it (``settings.registry``); a destination in
@@ -44,7 +48,7 @@ from typing import Any
 from kiln import console, skopeo
 from kiln.arch import normalize_arch
 from kiln.ci_context import CIContext
-from kiln.errors import ConfigError, InputError, RegistryError
+from kiln.errors import ConfigError, InputError, RegistryError, RegistryTransientError
 from kiln.registry import media
 from kiln.registry.client import RegistryClient
 from kiln.registry.media import Manifest, ManifestInfo
@@ -292,23 +296,80 @@ def copy_tags(reg: Registry, source: str | Manifest, tags: Sequence[str]) -> lis
     return [Result(reg.name, tag, reg.put(tag, manifest), status) for tag in tags]
 
 
-def remove_tag(reg: Registry, tag: str) -> Result:
-    """Remove ``tag`` alone (see the module docstring for why a throwaway manifest)."""
-    validate_tag(tag)
-    current = reg.head(tag)
-    if current is None:
-        return Result(reg.name, tag, "", "absent")
-    if current.media_type == media.OCI_MANIFEST and current.size < 1024:
-        leftover = reg.get(tag)
-        if media.is_throwaway(leftover.body):  # an interrupted stop-mr: finish it
-            reg.delete(leftover.digest)
-            return Result(reg.name, tag, current.digest, "planned" if reg.dry_run else "removed")
-    before = set(reg.tags())
+# Rounds of repair for a tag left listed without its manifest (see :func:`remove_tag`).
+REPAIR_ROUNDS = 3
+
+
+def _throwaway(reg: Registry, info: ManifestInfo, tag: str) -> Manifest | None:
+    """The manifest ``tag`` points at, if it is one of stop-mr's throwaway manifests."""
+    if info.media_type != media.OCI_MANIFEST or info.size >= 1024:
+        return None
+    leftover = reg.get(tag)
+    return leftover if media.is_throwaway(leftover.body) else None
+
+
+def _point_away_and_delete(reg: Registry, tag: str) -> None:
+    """Point ``tag`` at a fresh throwaway manifest, then delete that digest (so only ``tag``
+    goes, see the module docstring)."""
     reg.put_blob(media.EMPTY_JSON)
     marker = f"{tag}:{secrets.token_hex(16)}"
     throwaway = Manifest.from_bytes(media.throwaway_manifest(marker), media.OCI_MANIFEST)
     reg.put(tag, throwaway)
     reg.delete(throwaway.digest)
+
+
+def _repair_dangling(reg: Registry, tag: str) -> None:
+    """``tag`` is still listed after its removal. distribution deletes a manifest before it
+    untags it, and answers 500 when the untagging step trips over a tag removed at the same
+    time (another stop-mr): the tag stays listed, pointing at nothing, and a HEAD says 404.
+    Re-point it at a fresh throwaway and delete again, until the tag list no longer has it."""
+    for attempt in range(1, REPAIR_ROUNDS + 1):
+        info = reg.head(tag)
+        if info is not None and _throwaway(reg, info, tag) is None:
+            raise RegistryTransientError(
+                f"{reg.name}: {tag} was written again (now {info.digest}) while it was being "
+                "removed (a deploy of the same tag at the same time?)",
+                hint=f"rerun stop-mr once nothing deploys {tag} any more",
+            )
+        console.warn(f"{reg.name}: {tag} is still listed but points at nothing (the registry "
+                     "deleted its manifest, not the tag: a delete racing with another one); "
+                     f"repairing it ({attempt}/{REPAIR_ROUNDS})")
+        _point_away_and_delete(reg, tag)
+        if tag not in reg.tags():
+            return
+    raise RegistryTransientError(
+        f"{reg.name}: {tag} is still listed after its removal and {REPAIR_ROUNDS} repairs (the "
+        "registry keeps deleting its manifest but not the tag)",
+        hint="rerun stop-mr: it finds the tag left pointing at nothing and repairs it",
+    )
+
+
+def remove_tag(reg: Registry, tag: str) -> Result:
+    """Remove ``tag`` alone (see the module docstring for why a throwaway manifest).
+
+    Done means the tag list no longer has ``tag`` — a HEAD's 404 is not enough: a tag can stay
+    listed after its manifest is gone (:func:`_repair_dangling`), also found on a rerun."""
+    validate_tag(tag)
+    current = reg.head(tag)
+    if current is None:
+        if tag not in reg.tags():
+            return Result(reg.name, tag, "", "absent")
+        if reg.dry_run:
+            reg.put(tag, Manifest.from_bytes(media.throwaway_manifest(f"{tag}:repair"),
+                                             media.OCI_MANIFEST))
+            return Result(reg.name, tag, "", "planned")
+        _repair_dangling(reg, tag)  # listed, pointing at nothing: an earlier run's leftover
+        return Result(reg.name, tag, "", "removed")
+    leftover = _throwaway(reg, current, tag)
+    if leftover is not None:  # an interrupted stop-mr: finish it
+        reg.delete(leftover.digest)
+        if reg.dry_run:
+            return Result(reg.name, tag, current.digest, "planned")
+        if tag in reg.tags():
+            _repair_dangling(reg, tag)
+        return Result(reg.name, tag, current.digest, "removed")
+    before = set(reg.tags())
+    _point_away_and_delete(reg, tag)
     if reg.dry_run:
         return Result(reg.name, tag, current.digest, "planned")
     after = set(reg.tags())
@@ -327,7 +388,7 @@ def remove_tag(reg: Registry, tag: str) -> Result:
                  "'invoke tag' from the p-<pipeline> image",
         )
     if tag in after:
-        raise RegistryError(f"{reg.name}: {tag} is still listed after its removal")
+        _repair_dangling(reg, tag)
     return Result(reg.name, tag, current.digest, "removed")
 
 

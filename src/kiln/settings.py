@@ -28,9 +28,10 @@ from kiln.ci_context import CIContext
 from kiln.credentials import parse_build_secret
 from kiln.errors import ConfigError, InputError
 from kiln.redact import Secret as Secret  # re-exported: older imports of kiln.settings.Secret
+from kiln.registry.reference import split_repository
 
 Kind = Literal["str", "bool", "path", "arch", "arches", "list", "mapping", "secret", "registry",
-               "choice"]
+               "choice", "seconds"]
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,15 @@ def _to_registry(option: Option, value: Any, project_dir: Path) -> str:
             example = "registry.example.com/group"
         raise ValueError(f"{value!r} is not a registry prefix: expected "
                          f"host[:port][/path] without a scheme, e.g. {example}")
+    split_repository(text)  # the host's grammar and port range
     return text
+
+
+def _to_seconds(option: Option, value: Any, project_dir: Path) -> float:
+    seconds = float(value)
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"expected a positive number of seconds, got {value!r}")
+    return seconds
 
 
 def _to_choice(option: Option, value: Any, project_dir: Path) -> str:
@@ -195,6 +204,7 @@ _COERCE: dict[str, Callable[[Option, Any, Path], Any]] = {
     "secret": lambda option, value, project_dir: Secret(str(value)),
     "registry": _to_registry,
     "choice": _to_choice,
+    "seconds": _to_seconds,
 }
 
 DRY_RUN_HELP = "print the plan (files, exact tool commands, registry operations); change nothing"
@@ -259,6 +269,10 @@ OPTIONS: tuple[Option, ...] = (
     # (by default loopback registries are plain HTTP, as the embedded local registry is).
     Option("loopback_tls", "bool", "use TLS for registries on 127.0.0.1/localhost too",
            default=False),
+    # one registry operation (a request with its retries, waits and token fetch) gives up after
+    # this many seconds with exit 4 (docs/registry-operations.md).
+    Option("registry_deadline", "seconds", "seconds one registry operation may take, retries "
+           "and waits included (then exit 4)", default=120.0),
     # offline upstream images (kiln.seed): the Debian mirror debootstrap downloads from.
     Option("seed_debian_mirror", "str", "Debian mirror debootstrap downloads from",
            default="http://deb.debian.org/debian"),
@@ -344,6 +358,7 @@ class Settings:
     deps: bool = _setting("deps")
     context_dir: Path | None = _setting("context_dir")
     loopback_tls: bool = _setting("loopback_tls")
+    registry_deadline: float = _setting("registry_deadline")
     seed_debian_mirror: str = _setting("seed_debian_mirror")
     build_secrets: tuple[str, ...] = _setting("build_secrets")
     secret_allow: tuple[str, ...] = _setting("secret_allow")

@@ -7,6 +7,20 @@ without answering, request not forwarded), ``drop-after`` (forwarded — it took
 answer is lost), ``truncate`` (forwarded; half the body, then close), ``403``, ``slow`` (answered
 correctly after a delay).
 
+Faults that model a registry (or a proxy) that misbehaves rather than fails:
+
+* ``hang`` (the request is read, never answered) and ``hang-after`` (forwarded, it took effect,
+  never answered): a registry that accepts a PUT and goes silent;
+* ``delete-keeps-tag`` (a manifest DELETE): forwarded; if it succeeded, the tags that pointed at
+  the digest are put back in the registry's storage (``storage``, its data folder) and the
+  answer is 500 — distribution's half-done delete, where the manifest is gone but the tag stays
+  listed (a retried DELETE then gets the registry's own 404);
+* ``redirect``: 307 to the same path on ``redirect_to`` (another host);
+* ``huge`` (a 200 MB body with its Content-Length) and ``huge-chunked`` (chunked, no length:
+  the client must stop reading by itself);
+* ``corrupt``: forwarded, one byte of the body changed, headers (digest) kept;
+* ``link-loop``: forwarded, with a ``Link: rel="next"`` pointing back at the same page.
+
 :func:`seeded_faults` is the other rule: each attempt of each request fails with probability
 ``rate``, decided by a hash of (seed, method, path, attempt), so a run is reproducible whatever
 the thread interleaving; every request gets at most ``max_faults`` faults, so reruns converge.
@@ -25,6 +39,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 Rule = Callable[[str, str, int], str | None]  # (method, path, attempt) -> fault or None
 
@@ -119,6 +134,11 @@ class FaultProxy:
     faults: list[tuple[str, str, str]] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    storage: Path | None = None  # the registry's data folder (for ``delete-keeps-tag``)
+    redirect_to: str = ""  # host:port a ``redirect`` sends the client to
+    huge_size: int = 200 * 1024 * 1024
+    huge_sent: int = 0  # bytes of ``huge`` answers written before the client hung up
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     @property
     def address(self) -> str:
@@ -143,6 +163,22 @@ class FaultProxy:
                 if fault == "drop":
                     self.close_connection = True
                     return
+                if fault == "hang":
+                    proxy.stopping.wait(600)
+                    self.close_connection = True
+                    return
+                if fault == "redirect":
+                    self.send_response(307)
+                    self.send_header("Location", f"http://{proxy.redirect_to}{self.path}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if fault in {"huge", "huge-chunked"}:
+                    self._huge(chunked=fault == "huge-chunked")
+                    return
+                restore: list[tuple[Path, bytes]] = []
+                if fault == "delete-keeps-tag":
+                    restore = proxy.tag_links_to(self.path)
                 if fault in {"500", "502", "503", "429", "403"}:
                     payload = json.dumps({"errors": [{
                         "code": "DENIED" if fault == "403" else "UNAVAILABLE",
@@ -169,11 +205,31 @@ class FaultProxy:
                 if fault == "drop-after":
                     self.close_connection = True
                     return
+                if fault == "hang-after":
+                    proxy.stopping.wait(600)
+                    self.close_connection = True
+                    return
+                if fault == "delete-keeps-tag" and 200 <= resp.status < 300:
+                    for link, digest in restore:  # the tag comes back, its manifest does not
+                        link.parent.mkdir(parents=True, exist_ok=True)
+                        link.write_bytes(digest)
+                    payload = json.dumps({"errors": [{"code": "UNKNOWN", "message": (
+                        "unknown error: injected: manifest deleted, untagging failed")}]}).encode()
+                    self.send_response(500)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                if fault == "corrupt" and data:
+                    data = data[:-2] + bytes([data[-2] ^ 0x20]) + data[-1:]
                 self.send_response(resp.status)
                 for name, value in resp.getheaders():
                     if name.lower() not in {"connection", "transfer-encoding", "content-length",
                                             "keep-alive"}:
                         self.send_header(name, value)
+                if fault == "link-loop":
+                    self.send_header("Link", f'<{self.path}>; rel="next"')
                 if self.command == "HEAD":  # the size of what a GET would return
                     self.send_header("Content-Length", resp.getheader("Content-Length") or "0")
                     self.end_headers()
@@ -187,6 +243,31 @@ class FaultProxy:
                     return
                 self.wfile.write(data)
 
+            def _huge(self, *, chunked: bool) -> None:
+                block = b" " * 65536
+                self.send_response(200)
+                self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+                if chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                else:
+                    self.send_header("Content-Length", str(proxy.huge_size))
+                self.end_headers()
+                self.close_connection = True
+                if self.command == "HEAD":
+                    return
+                try:
+                    for _ in range(proxy.huge_size // len(block)):
+                        if chunked:
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
+                        else:
+                            self.wfile.write(block)
+                        with proxy.lock:
+                            proxy.huge_sent += len(block)
+                    if chunked:
+                        self.wfile.write(b"0\r\n\r\n")
+                except OSError:
+                    pass  # the client stopped reading: that is the point
+
             do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = do_PATCH = _handle  # noqa: N815
 
             def log_message(self, *args: object) -> None:
@@ -197,7 +278,23 @@ class FaultProxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
+    def tag_links_to(self, path: str) -> list[tuple[Path, bytes]]:
+        """The tag link files (and their content) that point at the digest a manifest DELETE
+        of ``path`` (``/v2/<repo>/manifests/<digest>``) removes, read from ``storage``."""
+        match = re.match(r"^/v2/(.+)/manifests/(sha256:[0-9a-f]{64})", path)
+        if self.storage is None or match is None:
+            return []
+        tags = (self.storage / "docker/registry/v2/repositories" / match[1] / "_manifests"
+                / "tags")
+        found = []
+        for link in tags.glob("*/current/link"):
+            content = link.read_bytes()
+            if content.decode().strip() == match[2]:
+                found.append((link, content))
+        return found
+
     def stop(self) -> None:
+        self.stopping.set()
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()

@@ -14,18 +14,30 @@ Guarantees:
   cached until it expires). An auth file's identity token is exchanged as an OAuth2 refresh token
   (POST to the token service), never sent as a Basic password. After the first challenge the
   client authenticates up front.
+* Where credentials go: to the registry's own origin, and to a token service only when the
+  registry's *own* challenge names it (a realm on another host is normal: Docker Hub, GitLab).
+  Never to a host a request was redirected to (its challenge is not learnt), never to a Link or
+  Location on another origin, and never over plain HTTP unless the registry itself is plain HTTP.
+* Bounded: every answer is read as a stream against a limit (manifests 4 MiB, the registry's
+  own limit; image configs 4 MiB; a tag-list page 8 MiB; tokens and errors 1 MiB), checked from
+  ``Content-Length`` and while reading; tag-list pagination has a page limit and loop detection;
+  each operation (one request with its retries, waits and token fetch) has one deadline
+  (``registry-deadline``). Each refusal says which limit was hit.
 * Retries with exponential backoff and jitter on connection errors, 5xx and 429 (``Retry-After``
-  honoured); never on other 4xx. A 401/403 is a :class:`RegistryAuthError` naming the registry,
-  the repository and the operation.
+  honoured, within the deadline); never on other 4xx. A 401/403 is a :class:`RegistryAuthError`
+  naming the registry, the repository and the operation. Bytes that do not match their digest
+  are a :class:`RegistryIntegrityError` at once (the same registry serves the same bytes again).
 * Secrets never appear in messages or ``repr``: passwords are masked, tokens are never printed.
-* The HTTP transport is injectable (``transport=httpx.MockTransport(...)``), so retries and the
-  authentication flows are unit-tested without a server.
+* The HTTP transport is injectable (``transport=httpx.MockTransport(...)``), and so are the
+  clock and the sleep, so retries, limits and the authentication flows are unit-tested without a
+  server or waiting. See ``docs/registry-operations.md``.
 """
 
 from __future__ import annotations
 
 import base64
 import email.utils
+import json
 import random
 import re
 import ssl
@@ -35,12 +47,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode, urljoin
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 
 from kiln import console
-from kiln.errors import RegistryAuthError, RegistryError, RegistryTransientError
+from kiln.errors import (
+    RegistryAuthError,
+    RegistryError,
+    RegistryIntegrityError,
+    RegistryTransientError,
+)
 from kiln.registry import media
 from kiln.registry.access import credentials_for, is_loopback, plain_http
 from kiln.registry.auth import Challenge, Credentials, actions_for, parse_challenge, scope_for
@@ -60,6 +77,46 @@ __all__ = [
 ]
 
 USER_AGENT = "kiln (+registry client; httpx)"
+
+MiB = 1024 * 1024
+# distribution refuses manifests above 4 MiB on PUT, so a bigger answer is not a manifest.
+MANIFEST_LIMIT = 4 * MiB
+# image configs: the limit skopeo and podman use (containers/image ``MaxConfigBodySize``).
+CONFIG_LIMIT = 4 * MiB
+TAG_PAGE_LIMIT = 8 * MiB
+SMALL_LIMIT = 1 * MiB  # token answers, error bodies, upload answers
+MAX_TAG_PAGES = 1000  # 1000 pages of n=1000: a million tags
+DEADLINE = 120.0  # seconds; the registry-deadline setting
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def _size(limit: int) -> str:
+    return f"{limit // MiB} MiB" if limit % MiB == 0 else f"{limit} bytes"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A registry's answer, read within its limit (the connection is closed)."""
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+    url: httpx.URL
+    reason_phrase: str = ""
+    foreign: bool = False  # redirected to another origin than the registry's
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class _Integrity(Exception):
+    """A body that does not match its digest (raised by a ``validate`` hook)."""
+
+
 @dataclass
 class _Token:
     value: str = ""
@@ -68,10 +125,6 @@ class _Token:
 
     def __repr__(self) -> str:
         return f"_Token(actions={sorted(self.actions)}, expires={self.expires:.0f})"
-
-
-class _Retry(Exception):
-    """A response that is worth retrying (bad digest, ...)."""
 
 
 class RegistryClient:
@@ -90,7 +143,9 @@ class RegistryClient:
         max_backoff: float = 20.0,
         max_retry_after: float = 120.0,
         timeout: float = 60.0,
+        deadline: float = DEADLINE,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.host = host
@@ -105,7 +160,11 @@ class RegistryClient:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.max_retry_after = max_retry_after
+        self.timeout = timeout
+        self.deadline = deadline
+        self.max_tag_pages = MAX_TAG_PAGES
         self._sleep = sleep
+        self._clock = clock
         self.last_ratelimit: RateLimit | None = None
         self.request_count = 0
         self._auth_scheme: str | None = None  # "basic" / "bearer" once a challenge was seen
@@ -119,7 +178,8 @@ class RegistryClient:
         self._http = httpx.Client(
             verify=verify,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
-            follow_redirects=True,
+            follow_redirects=True,  # httpx drops Authorization on a redirect to another origin
+            max_redirects=5,
             headers={"User-Agent": USER_AGENT},
             transport=transport,
         )
@@ -136,6 +196,7 @@ class RegistryClient:
         kwargs.setdefault("tls_verify", settings.tls_verify)
         kwargs.setdefault("ca_bundle", settings.ca_bundle)
         kwargs.setdefault("scheme", "http" if plain_http(settings, host) else "https")
+        kwargs.setdefault("deadline", settings.registry_deadline)
         return cls(host, **kwargs)
 
     def close(self) -> None:
@@ -166,16 +227,20 @@ class RegistryClient:
         return ManifestInfo(digest, media_type, size, RateLimit.from_headers(resp.headers))
 
     def get_manifest(self, repo: str, ref: str) -> Manifest:
-        """The manifest (list) ``repo:ref``, byte for byte; :class:`RegistryError` if absent."""
+        """The manifest (list) ``repo:ref``, byte for byte; :class:`RegistryError` if absent,
+        :class:`RegistryIntegrityError` if its bytes do not match the digest asked for (or the
+        one the registry states) or exceed :data:`MANIFEST_LIMIT`."""
 
-        def check(resp: httpx.Response) -> None:
+        def check(resp: Answer) -> None:
             computed = media.digest_of(resp.content)
             expected = ref if DIGEST_RE.match(ref) else resp.headers.get("Docker-Content-Digest")
             if expected and expected.startswith("sha256:") and expected != computed:
-                raise _Retry(f"manifest body does not match digest {expected} (got {computed})")
+                raise _Integrity(f"manifest {ref}: the registry served bytes that do not match "
+                                 f"digest {expected} (they hash to {computed})")
 
         resp = self._request("GET", repo, f"manifests/{ref}", f"read manifest {ref}",
-                             headers={"Accept": media.ACCEPT}, ok=(200,), validate=check)
+                             headers={"Accept": media.ACCEPT}, ok=(200,), validate=check,
+                             limit=MANIFEST_LIMIT, what="a manifest (the registry's own limit)")
         assert resp is not None
         body = resp.content
         return Manifest(media.media_type_of(body, resp.headers.get("Content-Type")), body,
@@ -204,17 +269,48 @@ class RegistryClient:
                       ok=(200, 202, 204), missing=(404,) if missing_ok else ())
 
     def list_tags(self, repo: str) -> list[str]:
-        """Every tag of ``repo`` (follows pagination); empty if the repository does not exist."""
+        """Every tag of ``repo`` (follows ``Link: rel=next`` pagination on the registry's own
+        origin, at most :attr:`max_tag_pages` pages, never a page twice); empty if the
+        repository does not exist."""
         tags: list[str] = []
         path = "tags/list?n=1000"
+        seen: set[str] = set()
         while path:
-            resp = self._request("GET", repo, path, "list tags", ok=(200,), missing=(404,))
+            url = self._url(repo, path)
+            if url in seen:
+                raise RegistryIntegrityError(
+                    f"{self.host}/{repo}: the tag list's pagination loops (Link: rel=next "
+                    f"leads back to {_path_of(url)}, already read)",
+                    hint="the registry's tag listing is broken; kiln stops instead of reading "
+                         "forever (rerun after it is fixed)")
+            if len(seen) >= self.max_tag_pages:
+                raise RegistryIntegrityError(
+                    f"{self.host}/{repo}: the tag list has more than {self.max_tag_pages} pages "
+                    "(kiln's page limit for tags/list)",
+                    hint="the registry keeps answering rel=next; kiln stops instead of reading "
+                         "forever")
+            seen.add(url)
+            resp = self._request("GET", repo, url, "list tags", ok=(200,), missing=(404,),
+                                 limit=TAG_PAGE_LIMIT, what="a page of the tag list")
             if resp is None:
                 return tags
             data = media.parse_json(resp.content, f"{self.host}/{repo} tag list")
             tags.extend(str(t) for t in (data.get("tags") or []))
-            path = _next_link(resp.headers.get("Link"), repo)
+            path = self._next_page(resp, repo)
         return tags
+
+    def _next_page(self, resp: Answer, repo: str) -> str:
+        """The absolute URL of the ``rel="next"`` page; only on the registry's own origin."""
+        target = _next_link(resp.headers.get("Link"))
+        if not target:
+            return ""
+        url = urljoin(str(resp.url), target)
+        if _origin(url) != _origin(self._base()):
+            raise RegistryIntegrityError(
+                f"{self.host}/{repo}: the tag list's next page is on another host "
+                f"({_origin(url)[1]}); kiln does not send the registry's credentials there",
+                hint="the registry's pagination links must stay on the registry")
+        return url
 
     # -- blobs -----------------------------------------------------------------------------
     def blob_exists(self, repo: str, digest: str) -> bool:
@@ -222,15 +318,18 @@ class RegistryClient:
                              ok=(200,), missing=(404,))
         return resp is not None
 
-    def get_blob(self, repo: str, digest: str) -> bytes:
-        """A (small) blob, checked against its digest — for image configs, not layers."""
+    def get_blob(self, repo: str, digest: str, *, limit: int = CONFIG_LIMIT) -> bytes:
+        """A small blob (an image config, at most ``limit`` bytes), checked against its digest
+        — not for layers."""
 
-        def check(resp: httpx.Response) -> None:
-            if media.digest_of(resp.content) != digest:
-                raise _Retry(f"blob body does not match {digest}")
+        def check(resp: Answer) -> None:
+            computed = media.digest_of(resp.content)
+            if computed != digest:
+                raise _Integrity(f"blob {digest}: the registry served bytes that do not match "
+                                 f"its digest (they hash to {computed})")
 
         resp = self._request("GET", repo, f"blobs/{digest}", f"read blob {digest}", ok=(200,),
-                             validate=check)
+                             validate=check, limit=limit, what="an image config blob")
         assert resp is not None
         return resp.content
 
@@ -245,7 +344,7 @@ class RegistryClient:
         location = start.headers.get("Location")
         if not location:
             raise RegistryError(f"{self.host}/{repo}: blob upload answered without a Location")
-        url = urljoin(self._base(), location)
+        url = urljoin(str(start.url), location)
         url += ("&" if "?" in url else "?") + urlencode({"digest": digest})
         try:
             self._request("PUT", repo, url, f"upload blob {digest}", ok=(201, 204),
@@ -276,18 +375,37 @@ class RegistryClient:
         content: bytes | None = None,
         ok: tuple[int, ...] = (200,),
         missing: tuple[int, ...] = (),
-        validate: Callable[[httpx.Response], None] | None = None,
-    ) -> httpx.Response | None:
-        """Send with auth and retries; ``None`` for a status in ``missing``; errors otherwise."""
+        validate: Callable[[Answer], None] | None = None,
+        limit: int = SMALL_LIMIT,
+        what: str = "this answer",
+    ) -> Answer | None:
+        """Send with auth and retries; ``None`` for a status in ``missing``; errors otherwise.
+
+        One deadline (:attr:`deadline` seconds) covers the whole operation: every attempt, every
+        wait and the token fetch. Credentials go only to the registry's own origin."""
         url = self._url(repo, path)
+        own_origin = _origin(url) == _origin(self._base())
+        deadline = self._clock() + self.deadline
         needed = actions_for(method)
-        resp: httpx.Response | None = None
+        resp: Answer | None = None
         for auth_round in range(2):
             all_headers = dict(headers or {})
-            all_headers.update(self._authorization(repo, needed, operation))
-            resp = self._send(method, url, all_headers, content, repo, operation, validate)
+            if own_origin:
+                all_headers.update(self._authorization(repo, needed, operation, deadline))
+            resp = self._send(method, url, all_headers, content, repo, operation, validate,
+                              limit=limit, what=what, deadline=deadline)
             if resp.status_code != 401 or auth_round == 1:
                 break
+            if resp.foreign or not own_origin:
+                raise RegistryAuthError(
+                    f"registry {self.host}: '{operation}' on repository {repo} was redirected "
+                    f"to {resp.url.host}, which asks for credentials: kiln sends the registry's "
+                    "credentials only to the registry and to the token service its own "
+                    "challenge names",
+                    hint="a registry's redirects (to its storage) must work without the "
+                         "registry's credentials; check the registry's storage configuration "
+                         "or the proxy in front of it",
+                )
             challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
             if challenge is None or challenge.scheme not in {"basic", "bearer"}:
                 break
@@ -314,6 +432,48 @@ class RegistryClient:
                                 hint="check the image name, tag and registry")
         raise RegistryError(f"{where}: {operation} failed: HTTP {status} ({detail})")
 
+    def _exchange(self, method: str, url: str, headers: Mapping[str, str],
+                  content: bytes | None, *, limit: int, what: str, where: str, operation: str,
+                  deadline: float) -> Answer:
+        """One HTTP exchange, its body read as a stream: at most ``limit`` bytes for a success
+        (checked from Content-Length, then while reading; more is a
+        :class:`RegistryIntegrityError`), at most :data:`SMALL_LIMIT` of an error's body."""
+        remaining = max(deadline - self._clock(), 0.001)
+        timeout = httpx.Timeout(min(self.timeout, remaining), connect=min(15.0, remaining))
+        request = self._http.build_request(method, url, headers=headers, content=content,
+                                           timeout=timeout)
+        resp = self._http.send(request, stream=True)
+        try:
+            success = 200 <= resp.status_code < 300
+            cap = limit if success else SMALL_LIMIT
+            too_big = RegistryIntegrityError(
+                f"{where}: {operation}: the registry's answer is larger than {_size(limit)}, "
+                f"kiln's limit for {what}",
+                hint="nothing was used or written; the registry (or a proxy in front of it) "
+                     "serves something that cannot be right: check it, then rerun")
+            declared = resp.headers.get("Content-Length", "")
+            if (success and method != "HEAD" and declared.isdigit()
+                    and int(declared) > cap):
+                raise too_big
+            chunks: list[bytes] = []
+            total = 0
+            if method != "HEAD":
+                for chunk in resp.iter_bytes():
+                    total += len(chunk)
+                    if total > cap:
+                        if success:
+                            raise too_big
+                        chunks.append(chunk[: cap - (total - len(chunk))])
+                        break
+                    chunks.append(chunk)
+                    if self._clock() > deadline:
+                        raise httpx.ReadTimeout("the operation's deadline passed while reading",
+                                                request=request)
+            return Answer(resp.status_code, resp.headers, b"".join(chunks), resp.url,
+                          resp.reason_phrase, foreign=_origin(str(resp.url)) != _origin(url))
+        finally:
+            resp.close()
+
     def _send(
         self,
         method: str,
@@ -322,15 +482,30 @@ class RegistryClient:
         content: bytes | None,
         repo: str,
         operation: str,
-        validate: Callable[[httpx.Response], None] | None = None,
-    ) -> httpx.Response:
-        """One logical request with retries on connection errors, 5xx, 429 and bad bodies."""
+        validate: Callable[[Answer], None] | None = None,
+        *,
+        limit: int = SMALL_LIMIT,
+        what: str = "this answer",
+        deadline: float | None = None,
+    ) -> Answer:
+        """One logical request with retries on connection errors, 5xx and 429, within the
+        operation's deadline."""
+        where = f"{self.host}/{repo}"
+        started = self._clock()
+        if deadline is None:
+            deadline = started + self.deadline
         last = ""
+        attempts = 0
         for attempt in range(1, self.max_attempts + 1):
+            attempts = attempt
             delay: float | None = None
             try:
                 self.request_count += 1
-                resp = self._http.request(method, url, headers=headers, content=content)
+                resp = self._exchange(method, url, headers, content, limit=limit, what=what,
+                                      where=where, operation=operation, deadline=deadline)
+            except httpx.TooManyRedirects as exc:
+                raise RegistryError(f"{where}: {operation}: too many redirects ({exc})",
+                                    hint="the registry (or a proxy) redirects in a loop") from None
             except httpx.TransportError as exc:
                 if _is_tls_failure(exc):
                     raise RegistryError(
@@ -350,15 +525,21 @@ class RegistryClient:
                     delay = _retry_after(resp.headers.get("Retry-After"))
                     if delay is not None and delay > self.max_retry_after:
                         raise RegistryTransientError(
-                            f"{self.host}/{repo}: {operation}: {last}; the registry asks to "
+                            f"{where}: {operation}: {last}; the registry asks to "
                             f"retry after {delay:.0f}s",
                             hint="wait and rerun (the operation is idempotent)",
                         )
                 elif validate is not None and 200 <= status < 300:
                     try:
                         validate(resp)
-                    except _Retry as exc:
-                        last = str(exc)
+                    except _Integrity as exc:
+                        raise RegistryIntegrityError(
+                            f"{where}: {exc}: it is corrupt, or a proxy rewrote them",
+                            hint="kiln used none of these bytes and wrote nothing with them; "
+                                 "reading the same registry again gives the same bytes, so "
+                                 "check its storage (and any proxy or cache in front of it), "
+                                 "then rerun",
+                        ) from None
                     else:
                         return resp
                 else:
@@ -366,13 +547,30 @@ class RegistryClient:
             if attempt == self.max_attempts:
                 break
             wait = delay if delay is not None else self._backoff_delay(attempt)
-            console.info(f"{self.host}/{repo}: {operation}: {last}; retry {attempt}/"
+            if self._clock() + wait >= deadline:
+                raise self._deadline_error(where, operation, started, attempts, last, wait)
+            console.info(f"{where}: {operation}: {last}; retry {attempt}/"
                          f"{self.max_attempts - 1} in {wait:.1f}s")
             self._sleep(wait)
+        if self._clock() >= deadline:
+            raise self._deadline_error(where, operation, started, attempts, last, None)
         raise RegistryTransientError(
-            f"{self.host}/{repo}: {operation} failed after {self.max_attempts} attempts: {last}",
+            f"{where}: {operation} failed after {attempts} attempts: {last}",
             hint="the registry is unreachable or overloaded; rerun later (kiln's registry "
                  "operations are idempotent)",
+        )
+
+    def _deadline_error(self, where: str, operation: str, started: float, attempts: int,
+                        last: str, wait: float | None) -> RegistryTransientError:
+        spent = self._clock() - started
+        waiting = (f"; the next try would have been in {wait:.0f}s" if wait is not None else "")
+        return RegistryTransientError(
+            f"{where}: {operation}: gave up after {spent:.0f}s and {attempts} attempt"
+            f"{'s' if attempts != 1 else ''}: the deadline for one registry operation "
+            f"({self.deadline:.0f}s, setting registry-deadline) was reached; last: {last}"
+            f"{waiting}",
+            hint="the registry is not answering in time; rerun later, or raise "
+                 "KILN_REGISTRY_DEADLINE (kiln's registry operations are idempotent)",
         )
 
     def _backoff_delay(self, attempt: int) -> float:
@@ -381,16 +579,17 @@ class RegistryClient:
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
     # -- authentication --------------------------------------------------------------------
-    def _authorization(self, repo: str, needed: frozenset[str], operation: str) -> dict[str, str]:
+    def _authorization(self, repo: str, needed: frozenset[str], operation: str,
+                       deadline: float) -> dict[str, str]:
         """The Authorization header for a request, fetching a token up front once we know how."""
         if self._auth_scheme == "basic" and self.credentials is not None:
             return {"Authorization": _basic(self.credentials)}
         if self._auth_scheme == "bearer":
             token = self._tokens.get(repo)
-            now = time.monotonic()
+            now = self._clock()
             if token is None or token.expires <= now or not needed <= token.actions:
                 wanted = needed | (token.actions if token and token.expires > now else frozenset())
-                token = self._fetch_token(repo, wanted, needed, operation)
+                token = self._fetch_token(repo, wanted, needed, operation, deadline)
                 self._tokens[repo] = token
             if token.value:
                 return {"Authorization": f"Bearer {token.value}"}
@@ -415,10 +614,11 @@ class RegistryClient:
         return True
 
     def _fetch_token(self, repo: str, wanted: frozenset[str], needed: frozenset[str],
-                     operation: str) -> _Token:
+                     operation: str, deadline: float) -> _Token:
         """A Bearer token for ``repo`` with ``wanted`` actions (falls back to ``needed``)."""
         challenge = self._challenge
         assert challenge is not None and challenge.realm
+        self._check_realm(challenge.realm, repo, operation)
         for actions in (wanted, needed) if wanted != needed else (wanted,):
             params = {"scope": scope_for(repo, actions)}
             if challenge.service:
@@ -431,13 +631,15 @@ class RegistryClient:
                         "refresh_token": str(self.credentials.password)}
                 headers["Content-Type"] = "application/x-www-form-urlencoded"
                 resp = self._send("POST", challenge.realm, headers, urlencode(form).encode(),
-                                  repo, "get a registry token")
+                                  repo, "get a registry token", limit=SMALL_LIMIT,
+                                  what="a token answer", deadline=deadline)
             else:
                 if self.credentials is not None:
                     headers["Authorization"] = _basic(self.credentials)
                 url = (challenge.realm + ("&" if "?" in challenge.realm else "?")
                        + urlencode(params))
-                resp = self._send("GET", url, headers, None, repo, "get a registry token")
+                resp = self._send("GET", url, headers, None, repo, "get a registry token",
+                                  limit=SMALL_LIMIT, what="a token answer", deadline=deadline)
             if resp.status_code in (401, 403) and actions != needed:
                 continue
             if resp.status_code != 200:
@@ -450,11 +652,29 @@ class RegistryClient:
             console.register_secret(value)
             expires_in = data.get("expires_in")
             lifetime = float(expires_in) if isinstance(expires_in, int | float) else 60.0
-            return _Token(value, actions, time.monotonic() + max(lifetime - 10.0, 5.0))
+            return _Token(value, actions, self._clock() + max(lifetime - 10.0, 5.0))
         raise AssertionError("unreachable")
 
+    def _check_realm(self, realm: str, repo: str, operation: str) -> None:
+        """Credentials go to a token service over TLS, or over plain HTTP only when the
+        registry itself is plain HTTP (a loopback registry). A realm on another host over
+        https is normal (Docker Hub, GitLab)."""
+        scheme = urlsplit(realm).scheme.lower()
+        if scheme not in {"http", "https"}:
+            raise RegistryAuthError(
+                f"registry {self.host}: its challenge names the token service {realm!r}, "
+                "which is not an http(s) URL",
+                hint="fix the registry's token realm (auth.token.realm)")
+        if (scheme == "http" and self.scheme == "https" and self.credentials is not None):
+            raise RegistryAuthError(
+                f"registry {self.host} (https) names a plain-HTTP token service "
+                f"{_origin(realm)[0]}://{_origin(realm)[1]} for '{operation}' on repository "
+                f"{repo}: kiln does not send credentials in clear text",
+                hint="configure the registry's token realm (auth.token.realm) with https://; "
+                     "only a plain-HTTP registry (a loopback one) may use a plain-HTTP realm")
+
     def _auth_error(self, status: int, repo: str, operation: str, needed: frozenset[str],
-                    resp: httpx.Response, *, token_service: bool = False) -> RegistryAuthError:
+                    resp: Answer, *, token_service: bool = False) -> RegistryAuthError:
         who = (f"as user {self.credentials.username!r} (credentials from "
                f"{self.credentials.source})" if self.credentials else "without credentials")
         what = "the token service refused" if token_service else "refused"
@@ -501,7 +721,7 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, float(when.timestamp()) - time.time())
 
 
-def _error_detail(resp: httpx.Response) -> str:
+def _error_detail(resp: Answer) -> str:
     """The registry's error codes and messages (never the request's headers)."""
     try:
         data = resp.json()
@@ -518,18 +738,25 @@ def _error_detail(resp: httpx.Response) -> str:
     return resp.reason_phrase or "no detail"
 
 
-def _next_link(header: str | None, repo: str) -> str:
-    """The ``rel="next"`` target of a Link header, as a path below ``/v2/<repo>/``."""
+def _next_link(header: str | None) -> str:
+    """The ``rel="next"`` target of a Link header (relative or absolute), or ``""``."""
     if not header:
         return ""
     match = re.search(r'<([^>]+)>\s*;\s*rel="?next"?', header)
-    if not match:
-        return ""
-    target = match[1]
-    prefix = f"/v2/{repo}/"
-    if target.startswith(prefix):
-        return target[len(prefix):]
-    return target
+    return match[1] if match else ""
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of ``url``, the unit credentials are bound to."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def _path_of(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
 
 
 @contextmanager

@@ -109,6 +109,19 @@ def validate_repository(repository: str) -> str:
     return repository
 
 
+def check_host(host: str, where: str) -> str:
+    """``host[:port]`` as a registry host, or an :class:`InputError` naming ``where``: the
+    Docker host grammar, and a port between 1 and 65535."""
+    if not _HOST.match(host):
+        raise InputError(f"invalid registry host {host!r} in {where!r}",
+                         hint="expected host[:port], e.g. registry.example.com or 127.0.0.1:5000")
+    port = host.rsplit("]", 1)[-1].rpartition(":")[2] if ":" in host.rsplit("]", 1)[-1] else ""
+    if port and not 0 < int(port) <= 65535:
+        raise InputError(f"invalid registry host {host!r} in {where!r}: port {int(port)} is not "
+                         "between 1 and 65535", hint="fix the port of the registry")
+    return host
+
+
 def split_repository(prefix_and_path: str) -> tuple[str, str]:
     """``host/path`` -> (host, path); the host is required (kiln never guesses Docker Hub here)."""
     text = prefix_and_path.strip().rstrip("/")
@@ -116,8 +129,7 @@ def split_repository(prefix_and_path: str) -> tuple[str, str]:
         if text.startswith(scheme):
             text = text[len(scheme):]
     host, _, path = text.partition("/")
-    if not _HOST.match(host):
-        raise InputError(f"invalid registry host in {prefix_and_path!r}")
+    check_host(host, prefix_and_path)
     return host, path
 
 
@@ -140,9 +152,7 @@ def parse_reference(text: str) -> ImageRef:
         validate_tag(tag)
     first, sep, rest = text.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
-        if not _HOST.match(first):
-            raise InputError(f"invalid registry host {first!r} in {original!r}")
-        host, repository = first, rest
+        host, repository = check_host(first, original), rest
     else:
         host, repository = DOCKER_HUB, text
     try:
