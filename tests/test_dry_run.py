@@ -50,6 +50,7 @@ CASES: dict[str, DryRun] = {
         r"buildah .*build .*--platform linux/arm64 .*-t {host}/app:p-7-arm64",
         r"buildah .*push .*docker://{host}/app:p-7-arm64")),
     "preprocess": DryRun(("--image", "app"), (r"COPY builds/app.in /app.in", r"RUN true")),
+    "graph": DryRun((), (r"^level +image", r"^0 +app +- +amd64 +- +build$")),
     "images": DryRun((), (r"^app$",)),
     "binfmt-register": DryRun(("--arch", "arm64 s390x"), (r"qemu-aarch64", r"qemu-s390x")),
     "registry-start": DryRun((), (r"docker-registry serve \S+/\.kiln/registry/config\.yml",)),

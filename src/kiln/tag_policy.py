@@ -9,10 +9,12 @@ tag                when
 ``<git tag>``      ... in a tag pipeline
 ``mr-<iid>``       ... in a merge-request pipeline; deploy-mr
 ``production``     deploy-production
+``k-<hex>``        every build: its input key (first 32 hex)
 =================  ==========================================
 
 A git tag becomes an image tag only if it is a valid tag name and does not collide with a tag
-kiln manages itself (``production``, ``latest``, ``p-<n>``, ``g-<n>``, ``mr-<n>``): a git tag
+kiln manages itself (``production``, ``latest``, ``p-<n>``, ``g-<n>``, ``mr-<n>``,
+``k-<hex>``): a git tag
 called ``production`` must not silently redeploy production.
 
 This module is the only place that spells a tag name kiln writes, ``p-<id>[-<arch>]`` included:
@@ -30,7 +32,8 @@ from kiln.registry.reference import TAG_RE
 
 PRODUCTION = "production"
 LATEST = "latest"
-_RESERVED = re.compile(r"^(?:production|latest|[pg]-[A-Za-z0-9]+(?:-[a-z0-9]+)?|mr-\d+)$")
+_RESERVED = re.compile(r"^(?:production|latest|[pg]-[A-Za-z0-9]+(?:-[a-z0-9]+)?|mr-\d+|"
+                       r"k-[0-9a-f]{32})$")
 _PIPELINE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}$")
 _IID = re.compile(r"^[0-9]{1,18}$")
 
@@ -89,7 +92,7 @@ def git_tag_as_image_tag(tag: str) -> str:
     if _RESERVED.match(tag):
         raise InputError(
             f"git tag {tag!r} collides with a tag kiln manages (production, latest, p-<id>, "
-            "g-<id>, mr-<iid>)",
+            "g-<id>, mr-<iid>, k-<hex>)",
             hint="rename the git tag (for example v1.2.3)",
         )
     return tag

@@ -221,9 +221,11 @@ class Source:
 
 
 def image_deps(source: Source, registry: str, upstream_registry: str,
-               known_images: Sequence[str]) -> tuple[str, ...]:
-    """Our images ``source`` is built FROM (sorted); a FROM naming ``<registry>/<name>``
-    without ``builds/<name>.in`` is an :class:`InputError` with its line."""
+               known_images: Sequence[str],
+               external: Callable[[str], bool] | None = None) -> tuple[str, ...]:
+    """Our images ``source`` is built FROM (sorted). A FROM naming ``<registry>/<name>``
+    without ``builds/<name>.in`` is an :class:`InputError` with its line, unless
+    ``external(reference)`` says the registry has that image (made elsewhere: used as is)."""
     upstream = upstream_registry.rstrip("/") + "/"
     deps: set[str] = set()
     for line in source.froms:
@@ -233,10 +235,13 @@ def image_deps(source: Source, registry: str, upstream_registry: str,
         if name is None:
             continue
         if name not in known_images:
+            if external is not None and external(line.image):
+                continue
             raise InputError(
                 f"{source.containerfile}:{line.line}: {source.image} is built FROM "
                 f"{line.image}, but there is no build file builds/{name}.in "
-                f"(line {line.line} of the Containerfile kiln made from {source.file})",
+                f"(line {line.line} of the Containerfile kiln made from {source.file}), "
+                "and the registry does not have it",
                 hint=f"add builds/{name}.in, or name an image outside {registry} "
                      f"(images: {', '.join(known_images)})")
         if name == source.image:
@@ -248,11 +253,12 @@ def image_deps(source: Source, registry: str, upstream_registry: str,
 
 
 def make_graph(sources: Mapping[str, Source], *, registry: str, upstream_registry: str,
-               known_images: Sequence[str], arches: Sequence[str]) -> ImageGraph:
+               known_images: Sequence[str], arches: Sequence[str],
+               external: Callable[[str], bool] | None = None) -> ImageGraph:
     """The graph of ``sources`` (every dependency must be among them). Cycles, missing build
     files and FROM ``--platform`` flags that contradict the run's architectures are
     :class:`InputError` s with the Containerfile line."""
-    deps = {name: image_deps(src, registry, upstream_registry, known_images)
+    deps = {name: image_deps(src, registry, upstream_registry, known_images, external)
             for name, src in sources.items()}
     cycle = find_cycle(deps)
     if cycle:
@@ -281,7 +287,8 @@ def make_graph(sources: Mapping[str, Source], *, registry: str, upstream_registr
 
 def read_sources(roots: Iterable[str], load: Callable[[str], Source], *,
                  registry: str, upstream_registry: str, known_images: Sequence[str],
-                 follow: bool = True) -> dict[str, Source]:
+                 follow: bool = True,
+                 external: Callable[[str], bool] | None = None) -> dict[str, Source]:
     """The sources of ``roots`` and (with ``follow``) of every image they are built FROM."""
     sources: dict[str, Source] = {}
     todo = list(roots)
@@ -291,7 +298,8 @@ def read_sources(roots: Iterable[str], load: Callable[[str], Source], *,
             continue
         sources[name] = load(name)
         if follow:
-            todo.extend(image_deps(sources[name], registry, upstream_registry, known_images))
+            todo.extend(image_deps(sources[name], registry, upstream_registry, known_images,
+                                   external))
     return sources
 
 

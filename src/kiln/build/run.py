@@ -33,7 +33,7 @@ import re
 import shlex
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field, replace
@@ -249,6 +249,18 @@ def _local_target(settings: Settings) -> tuple[Target, bool]:
     return resolve_target(settings, chosen.prefix), chosen.prefix is not None
 
 
+def _external_check(settings: Settings, target: Target, registry_up: bool
+                    ) -> Callable[[str], bool]:
+    """Whether a FROM image of our registry that has no build file exists there (made by
+    another project: used as it is). Unanswerable (dry run, registry not running): assumed."""
+    def exists(ref: str) -> bool:
+        if settings.dry_run or not registry_up:
+            return True
+        with Registries(settings) as registries:
+            return registries.find(ref) is not None
+    return exists
+
+
 @dataclass(frozen=True)
 class Plan:
     """What one build run does: the target, the graph (dependencies first) and its sources."""
@@ -293,16 +305,17 @@ def plan_graph(settings: Settings, roots: Sequence[str], arch: str | None = None
         rel = os.path.relpath(containerfile_path(settings, name, arch), context)
         return Source(name, f"builds/{name}.in", rel, text, args, tuple(froms))
 
+    external = _external_check(settings, target, registry_up)
     sources = read_sources(roots, load, registry=target.registry,
                            upstream_registry=target.upstream_registry, known_images=known,
-                           follow=settings.deps)
+                           follow=settings.deps, external=external)
     if settings.deps:
         graph = make_graph(sources, registry=target.registry,
                            upstream_registry=target.upstream_registry, known_images=known,
-                           arches=(arch or host_arch(),))
+                           arches=(arch or host_arch(),), external=external)
     else:
         for src in sources.values():  # still an error: FROM an image without a build file
-            image_deps(src, target.registry, target.upstream_registry, known)
+            image_deps(src, target.registry, target.upstream_registry, known, external)
         graph = ImageGraph({name: Node(name, (arch or host_arch(),), (), src.file)
                             for name, src in sources.items()})
     return Plan(target, graph, sources, roots, arch, registry_up)
