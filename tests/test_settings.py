@@ -194,6 +194,10 @@ def _sample(option: Option) -> tuple[str, object]:
         return "id=npm,env=NPM_TOKEN id=pip,src=/p", ("id=npm,env=NPM_TOKEN", "id=pip,src=/p")
     if option.kind == "choice":
         return option.choices[-1], option.choices[-1]
+    lifecycle = {"prune_keep": ("3", "3"), "prune_older_than": ("12h", "12h"),
+                 "prune_open_mrs": ("7 12", ("7", "12"))}
+    if option.name in lifecycle:
+        return lifecycle[option.name]
     return SAMPLES[option.kind]
 
 

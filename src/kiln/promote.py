@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiln import console, skopeo
+from kiln import referrers as artifacts
 from kiln.arch import normalize_arch
 from kiln.ci_context import CIContext
 from kiln.errors import ConfigError, InputError, RegistryError, RegistryTransientError
@@ -201,6 +202,19 @@ class Registry:
         if self.dry_run:
             return digest
         return self.client.put_blob(self.repository, data)
+
+    def referrers(self, digest: str) -> bytes | None:
+        """The referrers API's index for ``digest``; ``None`` without the API."""
+        self._record("GET", digest, "referrers")
+        return self.client.referrers(self.repository, digest)
+
+    def has_blob(self, digest: str) -> bool:
+        self._record("HEAD", digest, "blob")
+        return self.client.blob_exists(self.repository, digest)
+
+    def get_blob(self, digest: str) -> bytes:
+        self._record("GET", digest, "blob")
+        return self.client.get_blob(self.repository, digest)
 
     def delete(self, digest: str) -> None:
         self._record("DELETE", digest, "manifest" + (" (dry run)" if self.dry_run else ""))
@@ -421,6 +435,103 @@ def copy_between(settings: Settings, source: Destination, digest: str, dest: Des
                                  "digests identical across registries")
 
 
+# -- signatures and attestations travel with the image (kiln.referrers) ------------------------
+
+@dataclass
+class Artifacts:
+    """What refers to one digest in a repository, read and checked before anything is copied."""
+
+    subject: str
+    entries: list[artifacts.Referrer]  # the referrers API's or the fallback tag's entries
+    manifests: dict[str, Manifest]  # entry digest -> the artifact manifest
+    fallback: Manifest | None  # the sha256-<hex> fallback index, where there is no API
+    cosign: dict[str, Manifest]  # sha256-<hex>.sig/.att/.sbom -> manifest
+
+    def __bool__(self) -> bool:
+        return bool(self.entries or self.cosign)
+
+
+def find_artifacts(reg: Registry, subject: str) -> Artifacts:
+    """The artifacts of ``subject`` in ``reg``: referrers API (else the tag-schema fallback)
+    and cosign's tags. Each listed artifact must name ``subject`` as its subject
+    (:func:`kiln.referrers.check_subject`): an :class:`InputError` otherwise, nothing copied."""
+    body = reg.referrers(subject)
+    fallback: Manifest | None = None
+    if body is None:
+        tag = artifacts.fallback_tag(subject)
+        if reg.head(tag) is not None:
+            fallback = reg.get(tag)
+            body = fallback.body
+    entries = artifacts.parse_referrers_index(body, f"{reg.name} referrers of {subject}") \
+        if body is not None else []
+    manifests = {}
+    for entry in entries:
+        manifest = reg.get(entry.digest)
+        artifacts.check_subject(manifest.body, subject, f"{reg.name}@{entry.digest}")
+        manifests[entry.digest] = manifest
+    cosign = {}
+    for tag in artifacts.cosign_tags(subject):
+        if reg.head(tag) is not None:
+            cosign[tag] = reg.get(tag)
+    return Artifacts(subject, entries, manifests, fallback, cosign)
+
+
+def copy_manifest(src: Registry, dst: Registry, manifest: Manifest, ref: str) -> None:
+    """Copy ``manifest`` (its blobs, or for an index its children first) from ``src`` to
+    ``dst`` as ``ref`` (a tag or its digest), bytes unchanged. For small artifacts; images
+    travel through skopeo (:func:`copy_between`)."""
+    where = f"{src.name}@{manifest.digest}"
+    if manifest.is_index:
+        for child in media.index_children(manifest.body, where):
+            if dst.head(child.digest) is None:
+                copy_manifest(src, dst, src.get(child.digest), child.digest)
+    else:
+        data = media.parse_json(manifest.body, where)
+        blobs = [media.config_descriptor(manifest.body, where)] if data.get("config") else []
+        blobs += media.layer_descriptors(manifest.body, where)
+        for blob in blobs:
+            if dst.has_blob(blob.digest):
+                continue
+            if dst.dry_run:
+                dst._record("PUT", blob.digest, "blob (dry run)")
+                continue
+            dst.put_blob(src.get_blob(blob.digest))
+    dst.put(ref, manifest)
+
+
+def copy_artifacts(src: Registry, dst: Registry, subject: Manifest) -> list[Result]:
+    """Copy the signatures and attestations of ``subject`` (and of an index's children) from
+    ``src`` to ``dst``, where ``subject`` itself already is or is about to be.
+
+    Everything is read and checked first; then artifact manifests are written by digest,
+    cosign tags under their tag, and where ``dst`` has no referrers API its ``sha256-<hex>``
+    fallback index is written (merged with what is there). Idempotent."""
+    subjects = [subject.digest]
+    if subject.is_index:
+        subjects += [c.digest for c in media.index_children(subject.body, src.name)]
+    found = [a for a in (find_artifacts(src, digest) for digest in subjects) if a]
+    status = "planned" if dst.dry_run else "copied"
+    results: list[Result] = []
+    for item in found:
+        for entry in item.entries:
+            copy_manifest(src, dst, item.manifests[entry.digest], entry.digest)
+            results.append(Result(dst.name, entry.artifact_type or "referrer", entry.digest,
+                                  status))
+        for tag, manifest in item.cosign.items():
+            copy_manifest(src, dst, manifest, tag)
+            results.append(Result(dst.name, tag, manifest.digest, status))
+        if item.entries and dst.referrers(item.subject) is None:
+            tag = artifacts.fallback_tag(item.subject)
+            existing = dst.get(tag).body if dst.head(tag) is not None else None
+            merged = artifacts.merged_fallback(
+                existing, item.fallback.body if item.fallback else None, item.entries)
+            if merged is not None:
+                index = Manifest.from_bytes(merged, media.OCI_INDEX)
+                dst.put(tag, index)
+                results.append(Result(dst.name, tag, index.digest, status))
+    return results
+
+
 ClientFactory = Callable[[str], RegistryClient]
 
 
@@ -464,6 +575,8 @@ def promote(
             if dest != source and remaining and reg.head(manifest.digest) is None:
                 copy_between(settings, source, manifest.digest, dest, remaining[0],
                              dry_run=settings.dry_run, log=log)
+                if settings.copy_referrers:  # signatures travel with the image
+                    results.extend(copy_artifacts(src, reg, manifest))
                 results.append(Result(dest.name, remaining[0], manifest.digest,
                                       "planned" if settings.dry_run else "copied"))
                 remaining = remaining[1:]

@@ -28,6 +28,7 @@ from kiln.ci_context import CIContext
 from kiln.credentials import parse_build_secret
 from kiln.errors import ConfigError, InputError
 from kiln.redact import Secret as Secret  # re-exported: older imports of kiln.settings.Secret
+from kiln.retention import check_pattern, parse_age, parse_iid, parse_keep
 from kiln.registry.reference import split_repository
 
 Kind = Literal["str", "bool", "path", "arch", "arches", "list", "mapping", "secret", "registry",
@@ -284,6 +285,22 @@ OPTIONS: tuple[Option, ...] = (
            check=parse_build_secret),
     Option("secret_allow", "list", "names that look like credentials but are not",
            default=()),
+    # registry lifecycle (kiln.retention, kiln.prune, kiln.promote): the default retention
+    # policy of every image (an image's own [tool.kiln.images.<name>.prune] table and the
+    # prune flags override it), and whether promote's cross-registry copies take the image's
+    # signatures and attestations along (docs/tags.md).
+    Option("prune_match", "list", "tag patterns prune may remove (kiln's own tags only: p-, "
+           "g-, mr-)", default=("p-*", "g-*"), check=check_pattern),
+    Option("prune_keep", "str", "prune keeps the newest N entries of each pattern",
+           default="10", check=parse_keep),
+    Option("prune_older_than", "str", "prune keeps anything younger than this age (30d, 12h, "
+           "2w)", default="30d", check=parse_age),
+    Option("prune_keep_tags", "list", "tag patterns prune never removes (besides production, "
+           "latest and git-tag tags)", default=(), check=check_pattern),
+    Option("prune_open_mrs", "list", "iids of open merge requests: prune keeps their mr-<iid>",
+           default=(), check=parse_iid),
+    Option("copy_referrers", "bool", "copy an image's signatures and attestations (OCI "
+           "referrers, cosign tags) along with promote's cross-registry copies", default=True),
 )
 OPTION: Mapping[str, Option] = {option.name: option for option in OPTIONS}
 
@@ -319,6 +336,7 @@ class ImageSettings:
     destinations: tuple[str, ...] = ()
     private: bool = False
     build_args: Mapping[str, str] = field(default_factory=dict)
+    prune: Mapping[str, Any] = field(default_factory=dict)  # checked by kiln.retention
 
 
 @dataclass(frozen=True)
@@ -362,6 +380,12 @@ class Settings:
     seed_debian_mirror: str = _setting("seed_debian_mirror")
     build_secrets: tuple[str, ...] = _setting("build_secrets")
     secret_allow: tuple[str, ...] = _setting("secret_allow")
+    prune_match: tuple[str, ...] = _setting("prune_match")
+    prune_keep: str = _setting("prune_keep")
+    prune_older_than: str = _setting("prune_older_than")
+    prune_keep_tags: tuple[str, ...] = _setting("prune_keep_tags")
+    prune_open_mrs: tuple[str, ...] = _setting("prune_open_mrs")
+    copy_referrers: bool = _setting("copy_referrers")
     images: Mapping[str, ImageSettings] = field(default_factory=dict)
     ci: CIContext = field(default_factory=CIContext)
 
@@ -442,7 +466,7 @@ def _parse_images(raw: Any) -> dict[str, ImageSettings]:
     if not isinstance(raw, Mapping):
         raise ConfigError("pyproject.toml [tool.kiln.images] must be a table of image tables")
     result: dict[str, ImageSettings] = {}
-    allowed = {"destinations", "private", "build-args"}
+    allowed = {"destinations", "private", "build-args", "prune"}
     for name, table in raw.items():
         validate_image_name(name, "image name in [tool.kiln.images]")
         unknown = set(table) - allowed
@@ -455,6 +479,7 @@ def _parse_images(raw: Any) -> dict[str, ImageSettings]:
             destinations=tuple(str(d).rstrip("/") for d in table.get("destinations", ())),
             private=bool(table.get("private", False)),
             build_args={str(k): str(v) for k, v in table.get("build-args", {}).items()},
+            prune=table.get("prune", {}),
         )
     return result
 

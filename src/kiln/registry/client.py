@@ -355,6 +355,28 @@ class RegistryClient:
                 raise
         return digest
 
+    # -- referrers and deletes (kiln.referrers, kiln.prune) ----------------------------------
+    def referrers(self, repo: str, digest: str) -> bytes | None:
+        """The OCI referrers API's index of the artifacts whose subject is ``digest``; ``None``
+        when the registry has no referrers API (it answers 404, as distribution 2.8 does: a
+        registry with the API never does)."""
+        if not DIGEST_RE.match(digest):
+            raise RegistryError(f"referrers needs a digest, got {digest!r}")
+        resp = self._request("GET", repo, f"referrers/{digest}",
+                             f"list the referrers of {digest}",
+                             headers={"Accept": media.OCI_INDEX}, ok=(200,), missing=(404,))
+        return None if resp is None else resp.content
+
+    def deletes_allowed(self, repo: str) -> bool:
+        """Whether the registry deletes manifests in ``repo``, asked without deleting anything:
+        a DELETE of a digest no manifest has answers 404 (or 202) where deletes work and 405
+        where they are disabled. Needs the ``delete`` permission like a real delete."""
+        probe = "sha256:" + "0" * 64
+        resp = self._request("DELETE", repo, f"manifests/{probe}", "check that deletes are "
+                             "allowed", ok=(200, 202, 204, 400, 404, 405))
+        assert resp is not None
+        return resp.status_code != 405
+
     # -- the request machinery -------------------------------------------------------------
     def _base(self) -> str:
         return f"{self.scheme}://{self.api_host}"

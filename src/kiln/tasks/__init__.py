@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from invoke.collection import Collection
 
-from kiln.tasks import build, mirror, registry
+from kiln.tasks import build, lifecycle, mirror, registry
 from kiln.tasks.program import adopt_running_invoke
 
-TASK_MODULES = (build, registry, mirror)
+TASK_MODULES = (build, registry, mirror, lifecycle)
 
 namespace = Collection()
 for _module in TASK_MODULES:
