@@ -18,8 +18,10 @@ from helpers.mirror_support import (
     RegistryProxy,
     head_digest,
 )
-from kiln.local_registry import AccessRecord, RegistryServer
-from kiln.mirror.run import COPIED, SKIPPED, MirrorFailed, MirrorReport, mirror
+from helpers.registry_seed import DOCKER_MANIFEST, Seeder
+from kiln.local_registry import AccessRecord, RegistryServer, local_registry_status
+from kiln.mirror.run import COPIED, RETAGGED, SKIPPED, MirrorFailed, MirrorReport, mirror
+from kiln.registry.client import RegistryClient
 from kiln.settings import Settings
 
 pytestmark = pytest.mark.real
@@ -254,28 +256,32 @@ def test_one_broken_source_does_not_stop_the_others(
 def test_interrupted_copy_then_rerun_converges(
         images: Images, source: RegistryServer, dest: RegistryServer, tmp_path: Path) -> None:
     """The destination fails the final manifest-list PUT (after the children and blobs landed)
-    twice — kiln retries a copy once when skopeo's message hides the cause — so nothing is
-    tagged and the run fails; the rerun finishes the copy."""
+    on every one of the client's attempts, so nothing is tagged and the run fails (transient,
+    exit 4); the rerun finds the children there and fetches only the index (1 pull)."""
     seed(images, source.address)
     failed: list[str] = []
 
-    def fail_index_put_once(method: str, path: str) -> tuple[int, bytes] | None:
-        if method == "PUT" and path.endswith("/manifests/latest") and len(failed) < 2:
+    def fail_index_put(method: str, path: str) -> tuple[int, bytes] | None:
+        if method == "PUT" and path.endswith("/manifests/latest") and len(failed) < 5:
             failed.append(path)
             return 500, b"simulated outage"
         return None
 
-    with RegistryProxy(dest.address, intercept=fail_index_put_once) as proxy:
+    with RegistryProxy(dest.address, intercept=fail_index_put) as proxy:
         config = write_config(tmp_path, source.address, "retries: 0",
                               sources=("library/multi:latest",))
         settings = Settings.resolve(tmp_path, {}, {}, {"registry": proxy.address})
         with pytest.raises(MirrorFailed) as info:
             mirror(settings, config=config, live=False)
-        assert info.value.exit_code != 0
-        assert failed, "the fault was not triggered"
+        assert info.value.exit_code == 4
+        assert len(failed) == 5, "the fault was not triggered on every attempt"
         assert head_digest(dest.address, "mirror/library/multi", "latest") is None
+        mark = source.log_mark()
         report = mirror(settings, config=config, live=False)
         assert report.outcomes[0].status == COPIED
+        assert "0 of 2 child manifest(s) fetched, 2 at the destination already" in \
+            report.outcomes[0].message
+    assert len(manifest_gets(source.requests_since(mark))) == 1  # the index only
     assert head_digest(dest.address, "mirror/library/multi", "latest") == \
         head_digest(source.address, "library/multi", "latest")
 
@@ -343,3 +349,216 @@ def test_cli_invalid_config_and_failure_exit_codes(
     assert "1 copied, 1 failed" in done.stdout
     assert "1 of 2 image(s) failed" in done.stderr
     assert head_digest(dest.address, "mirror/library/alpha", "1") is not None
+
+
+# -- tag sets, retags and partial index updates (images written over HTTP: no buildah) ---------
+
+RANGE_TAGS = [f"{major}.{minor}.{patch}" for major in (15, 16, 17) for minor in (0, 1)
+              for patch in range(5)]  # 30 semver tags
+ODD_TAGS = ["latest", "16", "16.1", "16.1.0-rc.1", "16-alpine"]
+
+
+@pytest.fixture
+def tagged(source: RegistryServer) -> dict[str, str]:
+    """``library/node`` at the source with 30 semver tags and 5 that are not (or pre-releases);
+    tag -> digest."""
+    digests = {}
+    with Seeder(source.address) as seeder:
+        for tag in RANGE_TAGS + ODD_TAGS:
+            digests[tag] = seeder.image("library/node", tag).digest
+    return digests
+
+
+def tag_set_config(tmp_path: Path, source: str, rule: str, extra: str = "",
+                   repo: str = "library/node") -> Path:
+    path = tmp_path / "mirrors.yml"
+    path.write_text(f"destination: ${{REGISTRY}}/mirror\n{extra}images:\n"
+                    f"  - source: {source}/{repo}\n    tags: {rule}\n", encoding="utf-8")
+    return path
+
+
+def dest_tags(dest: RegistryServer, repo: str = "mirror/library/node") -> set[str]:
+    with RegistryClient(dest.address) as client:
+        return set(client.list_tags(repo))
+
+
+def tag_lists(records: list[AccessRecord]) -> list[AccessRecord]:
+    return [r for r in records if r.kind == "tags"]
+
+
+def test_tag_set_semver_range_then_up_to_date(
+        tagged: dict[str, str], source: RegistryServer, dest: RegistryServer, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    config = tag_set_config(tmp_path, source.address, "{semver: '>=16 <17'}")
+    mark = source.log_mark()
+    report = run(tmp_path, dest, config)
+    wanted = {t for t in RANGE_TAGS if t.startswith("16.")}
+    assert {o.image.tag for o in report.outcomes} == wanted
+    assert {o.status for o in report.outcomes} == {COPIED}
+    assert dest_tags(dest) == wanted  # not 16, 16.1, 16-alpine, 16.1.0-rc.1
+    for tag in wanted:
+        assert head_digest(dest.address, "mirror/library/node", tag) == tagged[tag]
+    on_source = source.requests_since(mark)
+    assert len(tag_lists(on_source)) == 1  # one listing, no pull
+    assert len(manifest_gets(on_source)) == len(wanted)  # one pull per selected image
+    assert report.pulls() == {source.address: len(wanted)}
+    out = capsys.readouterr().out
+    assert f"{source.address}: 10 pulls spent (manifest GETs)" in out
+    assert "10 of 35 tags (semver '>=16 <17')" in out
+
+    mark = source.log_mark()
+    report = run(tmp_path, dest, config)
+    assert {o.status for o in report.outcomes} == {SKIPPED}
+    on_source = source.requests_since(mark)
+    assert manifest_gets(on_source) == [] and blobs(on_source) == []
+    assert len(heads(on_source)) == len(wanted)
+    assert f"{source.address}: 0 pulls spent (manifest GETs)" in capsys.readouterr().out
+
+
+def test_tag_set_regex_and_exclude(
+        tagged: dict[str, str], source: RegistryServer, dest: RegistryServer,
+        tmp_path: Path) -> None:
+    config = tag_set_config(tmp_path, source.address,
+                            "{regex: ['^15\\.1\\.', '^latest$'], exclude: '\\.[34]$'}")
+    run(tmp_path, dest, config)
+    assert dest_tags(dest) == {"15.1.0", "15.1.1", "15.1.2", "latest"}
+
+
+def test_tag_set_newest_by_semver_and_by_list_order(
+        tagged: dict[str, str], source: RegistryServer, dest: RegistryServer,
+        tmp_path: Path) -> None:
+    config = tag_set_config(tmp_path, source.address, "{semver: '<17', newest: 3}")
+    run(tmp_path, dest, config)
+    assert dest_tags(dest) == {"16.1.4", "16.1.3", "16.1.2"}
+    # not every candidate is a version: the last 2 of the registry's own listing order
+    with RegistryClient(source.address) as client:
+        listing = client.list_tags("library/node")
+    expected = [t for t in listing if t.startswith("16")][-2:]
+    config = tag_set_config(tmp_path, source.address, "{regex: '^16', newest: 2}")
+    report = run(tmp_path, dest, config, dry_run=True)
+    assert sorted(o.image.tag for o in report.outcomes) == sorted(expected)
+    assert "tag list order" in report.outcomes[0].image.selected_by
+
+
+def test_tag_set_whole_repository_and_alias_tags_are_retagged(
+        source: RegistryServer, dest: RegistryServer, tmp_path: Path) -> None:
+    """``tags: all``; two tags of one digest cost one pull: the second is a manifest PUT of the
+    destination's own copy (retag), not a copy."""
+    with Seeder(source.address) as seeder:
+        first = seeder.image("team/tool", "1.0.0", label="tool 1.0.0")
+        seeder.manifest("team/tool", "stable", seeder.image_body("team/tool", "tool 1.0.0"),
+                        DOCKER_MANIFEST)
+        seeder.image("team/tool", "edge", label="tool edge")
+    config = tag_set_config(tmp_path, source.address, "all", "jobs: 1\n", repo="team/tool")
+    mark = source.log_mark()
+    report = run(tmp_path, dest, config)
+    statuses = sorted(o.status for o in report.outcomes)
+    assert statuses == [COPIED, COPIED, RETAGGED]
+    assert len(manifest_gets(source.requests_since(mark))) == 2
+    assert dest_tags(dest, "mirror/team/tool") == {"1.0.0", "stable", "edge"}
+    assert head_digest(dest.address, "mirror/team/tool", "stable") == first.digest
+    assert report.pulls() == {source.address: 2}
+
+
+def test_pinned_digest_already_at_the_destination_is_tagged_without_a_pull(
+        tagged: dict[str, str], source: RegistryServer, dest: RegistryServer,
+        tmp_path: Path) -> None:
+    run(tmp_path, dest, write_config(tmp_path, source.address, sources=("library/node:16.0.0",)))
+    pin = tagged["16.0.0"]
+    config = write_config(tmp_path, source.address, sources=(f"library/node:lts@{pin}",))
+    mark, dest_mark = source.log_mark(), dest.log_mark()
+    report = run(tmp_path, dest, config)
+    assert report.outcomes[0].status == RETAGGED
+    assert "is in the destination repository already" in report.outcomes[0].message
+    assert manifest_gets(source.requests_since(mark)) == []
+    assert head_digest(dest.address, "mirror/library/node", "lts") == pin
+    writes = [r for r in dest.requests_since(dest_mark) if r.method in {"PUT", "POST", "PATCH"}]
+    assert [(r.method, r.path.rsplit("/", 1)[-1]) for r in writes] == [("PUT", "lts")]
+
+
+def test_changed_child_of_an_index_costs_two_pulls(
+        source: RegistryServer, dest: RegistryServer, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A 4-arch index mirrored cold (1 + 4 GETs), then one child changes upstream: the index and
+    the new child are fetched (2 GETs, counted in the source's access log); the index lands
+    byte for byte (same digest), the 3 old children are not fetched again."""
+    labels = {"amd64": "a1", "arm64": "b1", "arm": "c1", "ppc64le": "d1"}
+    with Seeder(source.address) as seeder:
+        cold = seeder.index("library/multi4", "latest", labels)
+    config = write_config(tmp_path, source.address, sources=("library/multi4:latest",))
+    mark = source.log_mark()
+    run(tmp_path, dest, config)
+    assert len(manifest_gets(source.requests_since(mark))) == 5
+    with Seeder(source.address) as seeder:
+        changed = seeder.index("library/multi4", "latest", {**labels, "arm64": "b2"})
+    new_child = (set(changed.children) - set(cold.children)).pop()
+    capsys.readouterr()
+    mark = source.log_mark()
+    report = run(tmp_path, dest, config)
+    gets = manifest_gets(source.requests_since(mark))
+    assert sorted(r.path.rsplit("/", 1)[-1] for r in gets) == sorted([changed.digest, new_child])
+    assert report.outcomes[0].status == COPIED and report.pulls() == {source.address: 2}
+    assert "1 of 4 child manifest(s) fetched, 3 at the destination already" in \
+        report.outcomes[0].message
+    assert f"{source.address}: 2 pulls spent (manifest GETs)" in capsys.readouterr().out
+    assert head_digest(dest.address, "mirror/library/multi4", "latest") == changed.digest
+    for child in changed.children:
+        assert head_digest(dest.address, "mirror/library/multi4", child) == child
+
+
+def test_tag_set_dry_run_shows_rules_and_reasons(
+        tagged: dict[str, str], source: RegistryServer, dest: RegistryServer, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    config = tag_set_config(tmp_path, source.address, "{semver: '>=16 <17', newest: 2}")
+    mark = source.log_mark()
+    report = run(tmp_path, dest, config, dry_run=True)
+    assert {o.status for o in report.outcomes} == {"would copy"}
+    out = capsys.readouterr().out
+    assert "mirror plan (dry run: HEAD requests and tag lists only)" in out
+    assert f"{source.address}/library/node (line 3): 2 of 35 tags" in out
+    assert "+ 16.1.4: in semver range '>=16 <17'; newest 2 by semver order (#1)" in out
+    assert "not a semver version: " in out and "outside the semver range" in out
+    assert "older than the newest 2 by semver order" in out and "pre-release" in out
+    on_source = source.requests_since(mark)
+    assert manifest_gets(on_source) == [] and blobs(on_source) == []
+    assert dest_tags(dest) == set()
+
+
+def test_tag_set_bad_rules_exit_2_with_position_and_write_nothing(
+        tagged: dict[str, str], source: RegistryServer, dest: RegistryServer,
+        tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "KILN_REGISTRY": dest.address}
+    for name in ("CI", "GITLAB_CI"):
+        env.pop(name, None)
+    command = [sys.executable, "-c", "from kiln.cli import main; main()", "mirror", "--config"]
+    cases = {
+        # the column of the unbalanced '(' itself
+        "{regex: '^16\\.(x'}": ":4:25: tags.regex: regex '^16\\\\.(x' does not compile",
+        "{semver: '>=16 <<17'}": ":4:20: tags.semver: semver range '>=16 <<17' does not parse",
+        "{newest: 0}": ":4:20: tags.newest: newest must be 1 or more, not 0",
+    }
+    mark = source.log_mark()
+    for rule, expected in cases.items():
+        config = tag_set_config(tmp_path, source.address, rule)
+        done = subprocess.run([*command, str(config)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 2, done.stderr
+        assert f"{config}{expected}" in done.stderr
+    assert source.requests_since(mark) == []  # nothing listed, nothing copied
+    assert dest_tags(dest) == set()
+
+
+def test_explicit_destinations_start_no_embedded_registry(
+        tagged: dict[str, str], source: RegistryServer, dest: RegistryServer,
+        tmp_path: Path) -> None:
+    """No registry setting and every destination given: nothing starts in the project folder
+    (before, ``mirror -c FILE`` started the embedded registry here and left it running)."""
+    config = tmp_path / "explicit.yml"
+    config.write_text(f"images:\n  - source: {source.address}/library/node:16.0.0\n"
+                      f"    destination: {dest.address}/elsewhere/node\n", encoding="utf-8")
+    settings = Settings.resolve(tmp_path, {}, {}, {})
+    report = mirror(settings, config=config, live=False)
+    assert report.outcomes[0].status == COPIED
+    assert local_registry_status(settings.state_dir) is None
+    assert not (settings.state_dir / "registry").exists()
+    assert head_digest(dest.address, "elsewhere/node", "16.0.0") == tagged["16.0.0"]

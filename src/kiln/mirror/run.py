@@ -1,11 +1,21 @@
-"""Running a mirror: probe with HEADs, plan, copy in parallel, report every image.
+"""Running a mirror: list tag sets, probe with HEADs, plan, copy in parallel, report every image.
 
-For each image (``jobs`` at a time): HEAD the source tag (and the pinned digest when the tag has
-moved away from it), HEAD the destination tag, plan (:mod:`kiln.mirror.plan`). Equal digests are
-skipped without a single GET. A copy first reserves its pulls with the rate-limit gate, then runs
-skopeo on the source *digest* and checks the digest skopeo wrote. One image's failure never stops
-the others; the summary lists every outcome, and the run raises :class:`MirrorFailed` (with the
-failures' exit-code category) when anything failed. A dry run stops after planning: HEADs only.
+Tag sets (``tags:``) are listed first (``GET .../tags/list``: no pull) and expanded into one image
+per selected tag (:func:`kiln.mirror.plan.expand_tag_sets`). For each image (``jobs`` at a time):
+HEAD the source tag (and the pinned digest when the tag has moved away from it), HEAD the
+destination tag, plan (:mod:`kiln.mirror.plan`). Equal digests are skipped without a single GET.
+Otherwise, at the pull floor:
+
+- the wanted digest is in the destination repository already (another tag, or a pin): the
+  destination's own manifest is written under the tag (GET + PUT at the destination, no pull);
+- a multi-arch index: GET it from the source (1 pull), HEAD each child at the destination, copy
+  only the missing children (skopeo, by digest: 1 pull each), PUT the index bytes unchanged;
+- an image: skopeo copies the source *digest* (1 pull) and kiln checks the digest it wrote.
+
+A copy first reserves its pulls with the rate-limit gate. One image's failure never stops the
+others; the summary lists every outcome, the pulls the run spent and what the source says remain,
+and the run raises :class:`MirrorFailed` (with the failures' exit-code category) when anything
+failed. A dry run stops after planning: HEADs and tag lists only.
 """
 
 from __future__ import annotations
@@ -20,16 +30,35 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from kiln import console, skopeo
-from kiln.errors import ConfigError, InputError, KilnError
-from kiln.mirror.config import MirrorConfig, MirrorImage, config_path, load_config
-from kiln.mirror.plan import Action, Plan, Probe, ProbeError, plan_image
+from kiln.errors import (
+    ConfigError,
+    InputError,
+    KilnError,
+    RegistryError,
+    RegistryTransientError,
+)
+from kiln.mirror.config import MirrorConfig, MirrorImage, MirrorSet, config_path, load_config
+from kiln.mirror.plan import (
+    Action,
+    Expansion,
+    Listing,
+    Plan,
+    Probe,
+    ProbeError,
+    SetResult,
+    children_to_fetch,
+    describe_selection,
+    expand_tag_sets,
+    plan_image,
+    wanted_digest,
+)
 from kiln.mirror.ratelimit import RateLimitGate, RateLimitStop
-from kiln.registry import access
+from kiln.registry import access, media
 from kiln.registry.client import RegistryClient
-from kiln.registry.media import ManifestInfo, RateLimit
+from kiln.registry.media import Manifest, ManifestInfo, RateLimit
 from kiln.registry.reference import ImageRef
 from kiln.settings import Settings
 from kiln.skopeo import CopyRateLimited
@@ -51,9 +80,28 @@ class Copier(Protocol):
     def copy(self, source: ImageRef, destination: ImageRef) -> str: ...
 
 
+@runtime_checkable
+class DigestCopier(Protocol):
+    """A copier that also copies between two ``docker://`` references given as text (a child
+    manifest by digest to ``repo@digest``); :class:`kiln.skopeo.Copier` is one."""
+
+    def copy_to(self, source: str, destination: str, what: str) -> str: ...
+
+
+class Registries(Protocol):
+    """The registry requests a run makes beyond HEADs (a :class:`_Registries` in real runs)."""
+
+    def list_tags(self, ref: ImageRef) -> list[str]: ...
+
+    def get_manifest(self, ref: ImageRef, reference: str) -> Manifest: ...
+
+    def put_manifest(self, ref: ImageRef, reference: str, manifest: Manifest) -> str: ...
+
+
 # Outcome statuses
 COPIED, SKIPPED, FAILED, WOULD_COPY, WOULD_SKIP = "copied", "skipped", "failed", "would copy", \
     "would skip"
+RETAGGED, WOULD_RETAG = "retagged", "would retag"
 
 
 @dataclass(frozen=True)
@@ -67,6 +115,7 @@ class Outcome:
     warnings: tuple[str, ...] = ()
     exit_code: int = 0
     seconds: float = 0.0
+    pulls: int = 0  # source manifest GETs this image spent
 
     @property
     def failed(self) -> bool:
@@ -78,6 +127,14 @@ class MirrorReport:
     outcomes: list[Outcome]
     dry_run: bool
     ratelimits: dict[str, tuple[int | None, int | None, int | None]] = field(default_factory=dict)
+    sets: list[SetResult] = field(default_factory=list)
+
+    def pulls(self) -> dict[str, int]:
+        """Source manifest GETs (Docker Hub pulls) the run spent, per source host."""
+        spent: dict[str, int] = {}
+        for o in self.outcomes:
+            spent[o.image.source.host] = spent.get(o.image.source.host, 0) + o.pulls
+        return spent
 
     @property
     def failures(self) -> list[Outcome]:
@@ -101,9 +158,23 @@ class MirrorReport:
                     "action": o.plan.action.value if o.plan else None,
                     "digest": o.plan.digest if o.plan else None,
                     "warnings": list(o.warnings),
+                    "pulls": o.pulls,
+                    **({"selected_by": o.image.selected_by} if o.image.selected_by else {}),
                 }
                 for o in self.outcomes
             ],
+            "tag_sets": [
+                {
+                    "source": r.tag_set.source.name,
+                    "line": r.tag_set.position.line,
+                    "rule": r.tag_set.rule.describe(),
+                    "listed": r.selection.listed if r.selection else None,
+                    "selected": list(r.selection.selected) if r.selection else [],
+                    "error": r.error,
+                }
+                for r in self.sets
+            ],
+            "pulls": self.pulls(),
             "ratelimits": {
                 host: {"remaining": r, "limit": lim, "window": w}
                 for host, (r, lim, w) in self.ratelimits.items()
@@ -230,8 +301,14 @@ def run_mirror(
     jobs: int,
     dry_run: bool = False,
     progress: Progress | None = None,
+    registries: Registries | None = None,
 ) -> MirrorReport:
-    """Mirror ``images`` (or only plan them when ``dry_run``); never raises for one image."""
+    """Mirror ``images`` (or only plan them when ``dry_run``); never raises for one image.
+
+    With ``registries`` (real runs), a digest already in the destination repository is retagged
+    there and an index is copied child by child (only the missing ones); without, every copy
+    goes through ``copier``.
+    """
     progress = progress or Progress(len(images), live=False)
     if not dry_run and copier is None:
         raise ValueError("a copier is needed unless dry_run")
@@ -245,14 +322,15 @@ def run_mirror(
     def one(image: MirrorImage) -> Outcome:
         started = time.monotonic()
         try:
-            outcome = _mirror_one(image, probe, copier, gate, dry_run, progress)
+            outcome = _mirror_one(image, probe, copier, gate, dry_run, progress, registries)
         except KilnError as exc:  # anything unexpected from the adapters: this image only
             outcome = Outcome(image, FAILED, str(exc), exit_code=exc.exit_code)
         except Exception as exc:  # noqa: BLE001 - one image's bug must not stop the others
             outcome = Outcome(image, FAILED, f"unexpected error: {type(exc).__name__}: {exc}",
                               exit_code=1)
         outcome = Outcome(outcome.image, outcome.status, outcome.message, outcome.plan,
-                          outcome.warnings, outcome.exit_code, time.monotonic() - started)
+                          outcome.warnings, outcome.exit_code, time.monotonic() - started,
+                          outcome.pulls)
         progress.finished(outcome)
         return outcome
 
@@ -265,7 +343,7 @@ def run_mirror(
 
 def _mirror_one(image: MirrorImage, probe: Callable[[ImageRef, str], Probe],
                 copier: Copier | None, gate: RateLimitGate, dry_run: bool,
-                progress: Progress) -> Outcome:
+                progress: Progress, registries: Registries | None = None) -> Outcome:
     src, dst = image.source, image.destination
     assert dst is not None, "destination must be resolved before running"
     progress.phase(image, "checking (HEAD)")
@@ -278,12 +356,31 @@ def _mirror_one(image: MirrorImage, probe: Callable[[ImageRef, str], Probe],
         else:
             source_pinned = probe(src, src.digest)
     destination = probe(dst, image.tag)
-    plan = plan_image(image, source_tag, destination, source_pinned)
+    wanted = wanted_digest(image, source_tag, source_pinned)
+    destination_digest: Probe = None
+    if wanted is not None and (registries is not None or dry_run) and not isinstance(
+            destination, ProbeError) and (destination is None or destination.digest != wanted):
+        destination_digest = probe(dst, wanted)  # our registry: free
+    plan = plan_image(image, source_tag, destination, source_pinned, destination_digest)
 
     if plan.action is Action.ERROR:
         return Outcome(image, FAILED, plan.reason, plan, plan.warnings, plan.exit_code or 2)
     if plan.action is Action.SKIP:
         return Outcome(image, WOULD_SKIP if dry_run else SKIPPED, plan.reason, plan,
+                       plan.warnings)
+    if plan.action is Action.RETAG:
+        assert plan.digest is not None
+        if dry_run:
+            return Outcome(image, WOULD_RETAG, f"{plan.reason}; would write {dst} from "
+                           f"{dst.name}@{plan.digest[:19]} (no pull)", plan, plan.warnings)
+        assert registries is not None
+        progress.phase(image, f"retagging {plan.digest[:19]} ({plan.reason})")
+        try:
+            manifest = registries.get_manifest(dst, plan.digest)
+            registries.put_manifest(dst, image.tag, manifest)
+        except KilnError as exc:
+            return Outcome(image, FAILED, str(exc), plan, plan.warnings, exc.exit_code)
+        return Outcome(image, RETAGGED, f"{plan.reason}; tagged {plan.digest}", plan,
                        plan.warnings)
     if dry_run:
         warnings = plan.warnings
@@ -307,21 +404,90 @@ def _mirror_one(image: MirrorImage, probe: Callable[[ImageRef, str], Probe],
     except RateLimitStop as exc:
         return Outcome(image, FAILED, str(exc), plan, plan.warnings, exc.exit_code)
     progress.phase(image, f"copying {plan.digest[:19]} ({plan.reason})")
+    spent = [0]
+    by_children = registries is not None and isinstance(copier, DigestCopier) \
+        and media.is_index(plan.media_type or "")
     try:
-        written = copier.copy(source_by_digest, dst)
+        if by_children:
+            assert registries is not None and isinstance(copier, DigestCopier)
+            written, note = _copy_index(source_by_digest, dst, probe, registries, copier, spent)
+        else:
+            spent[0] += 1  # skopeo GETs the manifest once (an index goes through _copy_index)
+            written, note = copier.copy(source_by_digest, dst), ""
     except CopyRateLimited as exc:
         gate.stop(src.host, f"{src.host} answered 429 (pull rate limit reached) while copying "
                   f"{image.label}")
-        return Outcome(image, FAILED, str(exc), plan, plan.warnings, exc.exit_code)
+        return Outcome(image, FAILED, str(exc), plan, plan.warnings, exc.exit_code,
+                       pulls=spent[0])
     except KilnError as exc:
-        return Outcome(image, FAILED, str(exc), plan, plan.warnings, exc.exit_code)
+        return Outcome(image, FAILED, str(exc), plan, plan.warnings, exc.exit_code,
+                       pulls=spent[0])
     finally:
         gate.release(src.host, plan.pulls, spent=True)  # a failed copy may have spent them too
     if written and written != plan.digest:
         return Outcome(image, FAILED,
                        f"the destination got {written}, not the source digest {plan.digest}: "
-                       "the copy did not preserve digests", plan, plan.warnings, 2)
-    return Outcome(image, COPIED, f"{plan.reason}; copied {plan.digest}", plan, plan.warnings)
+                       "the copy did not preserve digests", plan, plan.warnings, 2,
+                       pulls=spent[0])
+    return Outcome(image, COPIED, f"{plan.reason}; copied {plan.digest}{note}", plan,
+                   plan.warnings, pulls=spent[0])
+
+
+_RACE_PAUSE = 0.5  # seconds: how long another writer of the same manifest needs to finish
+
+
+def _put_index(registries: Registries, destination: ImageRef, index: Manifest) -> None:
+    """PUT the index bytes. A child that a concurrent mirror is still writing at the destination
+    answers HEAD already but fails the registry's check of the index ("digest invalid",
+    "manifest blob unknown"): wait for that writer, up to three times."""
+    assert destination.tag is not None
+    for attempt in range(4):
+        try:
+            registries.put_manifest(destination, destination.tag, index)
+            return
+        except RegistryError:  # not auth, not transient (the client retried those)
+            if attempt == 3:
+                raise
+            time.sleep(_RACE_PAUSE * 2 ** attempt)
+
+
+def _copy_index(source: ImageRef, destination: ImageRef, probe: Callable[[ImageRef, str], Probe],
+                registries: Registries, copier: DigestCopier, spent: list[int]
+                ) -> tuple[str, str]:
+    """Copy the index ``source`` (by digest) to ``destination`` (a tag) at the pull floor: GET
+    the index, HEAD its children at the destination, copy only the missing children (by
+    digest), then PUT the index bytes unchanged. Returns the digest written and a note."""
+    assert source.digest is not None and destination.tag is not None
+    index = registries.get_manifest(source, source.digest)
+    spent[0] += 1
+    if index.digest != source.digest:
+        raise RegistryError(f"{source}: the source served {index.digest} for {source.digest}")
+    children = [child.digest for child in media.index_children(index.body, f"{source} index")]
+    update = children_to_fetch(children, {child: probe(destination, child) for child in children})
+    for child in update.fetch:
+        from_ref = skopeo.docker_ref(ImageRef(source.host, source.repository, None, child))
+        to_ref = skopeo.docker_ref(ImageRef(destination.host, destination.repository, None, child))
+        what = f"{source.name}@{child} -> {destination.name}"
+        for attempt in (1, 2):
+            spent[0] += 1  # skopeo GETs the child manifest once per attempt
+            try:
+                written = copier.copy_to(from_ref, to_ref, what)
+                break
+            except CopyRateLimited:
+                raise
+            except RegistryTransientError:
+                # another writer of the same blobs at the destination (concurrent mirrors)
+                # can make the destination answer 500 for a moment: one more try
+                if attempt == 2:
+                    raise
+                time.sleep(_RACE_PAUSE)
+        if written and written != child:
+            raise RegistryError(f"{destination.name}: child {child} was written as {written}: "
+                                "the copy did not preserve digests")
+    _put_index(registries, destination, index)
+    have = f", {len(update.present)} at the destination already" if update.present else ""
+    return index.digest, (f" ({len(update.fetch)} of {len(children)} child manifest(s) "
+                          f"fetched{have})")
 
 
 # -- reporting ---------------------------------------------------------------------------------
@@ -334,16 +500,23 @@ def format_report(report: MirrorReport,
     and the exact ``skopeo copy`` a real run would start (the dry run's plan).
     """
     counts = report.counts()
-    order = (COPIED, WOULD_COPY, SKIPPED, WOULD_SKIP, FAILED)
+    order = (COPIED, RETAGGED, WOULD_COPY, WOULD_RETAG, SKIPPED, WOULD_SKIP, FAILED)
     tally = ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
     title = "mirror plan (dry run: HEAD requests only)" if report.dry_run else "mirror summary"
-    lines = [f"{title}: {len(report.outcomes)} image(s): {tally}"]
+    if report.dry_run and report.sets:
+        title = "mirror plan (dry run: HEAD requests and tag lists only)"
+    lines: list[str] = []
+    if report.sets:
+        lines.append("tag sets:")
+        for result in report.sets:
+            lines.extend("  " + line for line in describe_selection(result))
+    lines.append(f"{title}: {len(report.outcomes)} image(s): {tally}")
     width = max((len(o.status) for o in report.outcomes), default=6)
     for o in report.outcomes:
         status = "FAILED" if o.failed else o.status
         if report.dry_run:
-            status = {WOULD_COPY: "copy", WOULD_SKIP: "skip", FAILED: "ERROR"}.get(o.status,
-                                                                                   status)
+            status = {WOULD_COPY: "copy", WOULD_SKIP: "skip", WOULD_RETAG: "retag",
+                      FAILED: "ERROR"}.get(o.status, status)
         lines.append(f"  {status:<{width}}  {o.image.source} -> {o.image.destination}")
         message = o.message.splitlines() or [""]
         lines.append(f"  {'':<{width}}    {message[0]}")
@@ -354,23 +527,31 @@ def format_report(report: MirrorReport,
     if warnings:
         lines.append("warnings:")
         lines.extend(f"  {image.source}: {text}" for image, text in warnings)
+    spent = report.pulls()
     for host, (remaining, limit, window) in report.ratelimits.items():
+        parts = []
+        if not report.dry_run:
+            count = spent.get(host, 0)
+            parts.append(f"{count} pull{'s' if count != 1 else ''} spent (manifest GETs)")
         if remaining is not None:
             extra = f" of {limit}" if limit is not None else ""
             per = f" per {window}s" if window else ""
-            lines.append(f"{host}: ratelimit-remaining {remaining}{extra}{per}")
+            parts.append(f"ratelimit-remaining {remaining}{extra}{per}")
+        if parts:
+            lines.append(f"{host}: {'; '.join(parts)}")
     return "\n".join(lines)
 
 
 def record_outcomes(report: MirrorReport) -> None:
     """One ``--json`` result per image: destination repository, tag, digest, what happened."""
     actions = {COPIED: "copied", SKIPPED: "skipped", FAILED: "failed",
-               WOULD_COPY: "planned", WOULD_SKIP: "skipped"}
+               WOULD_COPY: "planned", WOULD_SKIP: "skipped", RETAGGED: "tagged",
+               WOULD_RETAG: "planned"}
     for o in report.outcomes:
         dst = o.image.destination
         console.record(actions.get(o.status, o.status),
                        image=dst.name if dst is not None else o.image.destination_text,
-                       tag=o.image.tag, digest=o.plan.digest if o.plan else None,
+                       tag=o.image.source.tag, digest=o.plan.digest if o.plan else None,
                        source=str(o.image.source), status=o.status,
                        message=o.message, warnings=list(o.warnings))
 
@@ -418,8 +599,26 @@ def config_variables(settings: Settings, env: Mapping[str, str] | None = None, *
     return variables
 
 
-class _Heads:
-    """HEAD requests through one :class:`RegistryClient` per (thread, host)."""
+def load_for_run(settings: Settings, path: Path, *, start: bool = True) -> MirrorConfig:
+    """The mirror file with its destinations resolved. ``${REGISTRY}`` comes from the registry
+    setting; the embedded local registry is looked up (and started, when ``start``) only when an
+    entry's destination actually uses it: a file whose destinations are all given starts none."""
+    variables = dict(os.environ)
+    configured = access.configured_registry(settings)
+    if configured:
+        variables["REGISTRY"] = configured
+    else:
+        variables.pop("REGISTRY", None)
+        lenient = load_config(path, variables, require_destination=False)
+        entries: list[MirrorImage | MirrorSet] = [*lenient.images, *lenient.tag_sets]
+        if any(e.destination is None and "${REGISTRY" in e.destination_text for e in entries):
+            variables = config_variables(settings, start=start)
+    return load_config(path, variables)
+
+
+class _Registries:
+    """Registry requests (HEADs, tag lists, manifests) through one :class:`RegistryClient` per
+    (thread, host)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -442,6 +641,15 @@ class _Heads:
         except KilnError as exc:
             return ProbeError(f"{ref.name}:{reference}: {exc}", exc.exit_code)
 
+    def list_tags(self, ref: ImageRef) -> list[str]:
+        return self._client(ref.host).list_tags(ref.repository)
+
+    def get_manifest(self, ref: ImageRef, reference: str) -> Manifest:
+        return self._client(ref.host).get_manifest(ref.repository, reference)
+
+    def put_manifest(self, ref: ImageRef, reference: str, manifest: Manifest) -> str:
+        return self._client(ref.host).put_manifest(ref.repository, reference, manifest)
+
     def close(self) -> None:
         for client in self._all:
             client.close()
@@ -452,15 +660,26 @@ def mirror(settings: Settings, *, config: str | Path | None = None, only: Iterab
            live: bool | None = None) -> MirrorReport:
     """The ``mirror`` task: load the config, run, print the summary, raise if anything failed."""
     dry = settings.dry_run if dry_run is None else dry_run
+    only = [pattern for pattern in only if pattern]
     path = config_path(settings.project_dir, settings.mirror_config, config)
-    loaded: MirrorConfig = load_config(path, config_variables(settings, start=not dry))
-    images = select(loaded.images, only)
+    loaded: MirrorConfig = load_for_run(settings, path, start=not dry)
     workers = jobs if jobs is not None else loaded.jobs
     if workers < 1:
         raise ConfigError(f"--jobs must be at least 1, not {workers}")
+    heads = _Registries(settings)
+    try:
+        expansion = expand_tag_sets(loaded, list_tag_sets(loaded, heads, only, workers))
+        try:
+            images = select(expansion.images, only)
+        except InputError:
+            if not any(r.failed and _set_matches(r.tag_set, only) for r in expansion.sets):
+                raise
+            images = []  # only a failed tag set matches: reported below
+    except BaseException:
+        heads.close()
+        raise
     progress = Progress(len(images), live=live)
     gate = RateLimitGate(loaded.ratelimit, notify=progress.note)
-    heads = _Heads(settings)
     probes: list[tuple[str, str]] = []
     probes_lock = threading.Lock()
 
@@ -481,9 +700,10 @@ def mirror(settings: Settings, *, config: str | Path | None = None, only: Iterab
             else:
                 with skopeo.copier(settings, hosts, retries=loaded.retries) as skopeo_copier:
                     report = run_mirror(images, head=head, copier=skopeo_copier, gate=gate,
-                                        jobs=workers, progress=progress)
+                                        jobs=workers, progress=progress, registries=heads)
     finally:
         heads.close()
+    _add_sets(report, expansion, only)
     record_outcomes(report)
     console.summary().extra["ratelimits"] = report.to_json()["ratelimits"]
     if dry:
@@ -498,6 +718,64 @@ def mirror(settings: Settings, *, config: str | Path | None = None, only: Iterab
     if failure is not None:
         raise failure
     return report
+
+
+def list_tag_sets(config: MirrorConfig, registries: Registries, only: Iterable[str] = (),
+                  jobs: int = 4) -> dict[int, Listing]:
+    """Each tag set's source tags (``GET /v2/<name>/tags/list``, paginated: not a pull), keyed by
+    its index in ``config.tag_sets``; a failure (or no tags at all) is a :class:`ProbeError`."""
+    wanted = [n for n, s in enumerate(config.tag_sets) if _set_matches(s, only)]
+
+    def listing(number: int) -> tuple[int, Listing]:
+        source = config.tag_sets[number].source
+        try:
+            tags = registries.list_tags(source)
+        except KilnError as exc:
+            return number, ProbeError(str(exc), exc.exit_code)
+        if not tags:
+            return number, ProbeError(f"{source.name} has no tags (does the repository exist?)",
+                                      2)
+        return number, tags
+
+    if not wanted:
+        return {}
+    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(wanted))),
+                            thread_name_prefix="mirror-tags") as pool:
+        return dict(pool.map(listing, wanted))
+
+
+def _set_names(tag_set: MirrorSet) -> set[str]:
+    src = tag_set.source
+    names = {tag_set.source_text, src.name, src.repository, src.repository.rsplit("/", 1)[-1]}
+    if tag_set.destination is not None:
+        names |= {tag_set.destination.name, tag_set.destination.repository}
+    return names
+
+
+def _set_matches(tag_set: MirrorSet, patterns: Iterable[str]) -> bool:
+    """Whether ``--only`` may select tags of this set (a pattern matching its repository, with
+    or without a ``:tag`` part)."""
+    wanted = [p for p in patterns if p]
+    if not wanted:
+        return True
+    names = _set_names(tag_set)
+    return any(fnmatchcase(name, pattern) or fnmatchcase(name, pattern.rsplit(":", 1)[0])
+               for pattern in wanted for name in names)
+
+
+def _add_sets(report: MirrorReport, expansion: Expansion, only: Iterable[str]) -> None:
+    """Put the tag sets' results into the report; a set that failed is a failed outcome."""
+    patterns = list(only)
+    report.sets = [r for r in expansion.sets if _set_matches(r.tag_set, patterns)]
+    for result in report.sets:
+        if result.failed:
+            tag_set = result.tag_set
+            entry = MirrorImage(tag_set.source, tag_set.destination, tag_set.position,
+                                tag_set.source_text, tag_set.destination_text,
+                                tag_set.explicit_destination, tag_set.rule.describe())
+            report.outcomes.append(Outcome(entry, FAILED, f"tag set ({tag_set.rule.describe()}, "
+                                           f"line {tag_set.position.line}): {result.error}",
+                                           exit_code=result.exit_code or 2))
 
 
 def plan_operations(settings: Settings, report: MirrorReport, probes: Sequence[tuple[str, str]],
@@ -515,8 +793,21 @@ def plan_operations(settings: Settings, report: MirrorReport, probes: Sequence[t
                 lines.append(f"HEAD   {name}{sep}{reference}  (manifest, done)")
         if o.status == WOULD_COPY and o.plan is not None and o.plan.digest and dst is not None:
             source = ImageRef(src.host, src.repository, None, o.plan.digest)
-            argv = skopeo.planned_copy_argv(settings, hosts, skopeo.docker_ref(source),
-                                            skopeo.docker_ref(dst), retries=retries)
-            lines.append("would run: " + shlex.join(argv))
+            if media.is_index(o.plan.media_type or ""):
+                lines.append(f"would GET   {source} (the index: 1 pull), HEAD each child at "
+                             f"{dst.name}, copy only the missing children by digest (1 pull "
+                             f"each), then PUT the index as {dst}")
+                child = ImageRef(src.host, src.repository, None, "<child digest>")
+                argv = skopeo.planned_copy_argv(settings, hosts, skopeo.docker_ref(child),
+                                                f"docker://{dst.name}@<child digest>",
+                                                retries=retries)
+                lines.append("would run per missing child: " + shlex.join(argv))
+            else:
+                argv = skopeo.planned_copy_argv(settings, hosts, skopeo.docker_ref(source),
+                                                skopeo.docker_ref(dst), retries=retries)
+                lines.append("would run: " + shlex.join(argv))
+        if o.status == WOULD_RETAG and o.plan is not None and o.plan.digest and dst is not None:
+            lines.append(f"would GET   {dst.name}@{o.plan.digest} and PUT it as {dst} (the "
+                         "destination's own manifest: no pull)")
         result[o.image.label] = lines
     return result
