@@ -53,7 +53,7 @@ def test_one_job_per_image_and_arch_and_a_manifest_job_for_multiarch() -> None:
     ]
     arm = pipeline.job("build:python:arm64")
     assert arm.variables == {"IMAGE_NAME": "python", "IMAGE_ARCH": "arm64",
-                             "BASE_IMAGE_TAG": "p-42-arm64"}
+                             "KILN_BASE_IMAGE_TAG": "p-42-arm64"}
     assert arm.needs == ("build:base:arm64",), "an arch job waits only for its own arch"
     manifest = pipeline.job("manifest:python")
     assert manifest.session == "manifest"
@@ -72,8 +72,8 @@ def test_single_arch_images_one_job_each_with_needs_along_edges() -> None:
                                   "build:backend", "build:worker"]
     assert pipeline.job("build:backend").needs == ("build:python",)
     assert pipeline.job("build:worker").needs == ("build:base", "build:python")
-    assert pipeline.job("build:worker").variables["BASE_IMAGE_TAG"] == "p-7"
-    assert "BASE_IMAGE_TAG" not in pipeline.job("build:base").variables
+    assert pipeline.job("build:worker").variables["KILN_BASE_IMAGE_TAG"] == "p-7"
+    assert "KILN_BASE_IMAGE_TAG" not in pipeline.job("build:base").variables
     assert all(j.session == "publish" for j in pipeline.jobs)
 
 
@@ -84,7 +84,7 @@ def test_copied_multiarch_dependency_gives_per_arch_tags_without_waiting() -> No
               node("app", ("base", "extra"), MULTI))
     pipeline = plan_child_pipeline(g, pipeline_id="9", copied=["extra"])
     job = pipeline.job("build:app:arm64")
-    assert job.variables["BASE_IMAGE_TAG"] == "p-9-arm64"
+    assert job.variables["KILN_BASE_IMAGE_TAG"] == "p-9-arm64"
     assert job.needs == ("build:base:arm64",)
 
 
@@ -94,7 +94,7 @@ def test_single_arch_dependency_of_a_single_arch_image_waits_for_its_build() -> 
         plan_child_pipeline(graph(node("base"), node("app", ("base",), MULTI)), pipeline_id="1")
     pipeline = plan_child_pipeline(g, pipeline_id="4")
     assert pipeline.job("build:tool").needs == ("manifest:base",)
-    assert pipeline.job("build:tool").variables["BASE_IMAGE_TAG"] == "p-4"
+    assert pipeline.job("build:tool").variables["KILN_BASE_IMAGE_TAG"] == "p-4"
 
 
 def test_copied_images_get_no_job_and_their_dependents_do_not_wait() -> None:
@@ -103,7 +103,7 @@ def test_copied_images_get_no_job_and_their_dependents_do_not_wait() -> None:
     pipeline = plan_child_pipeline(g, pipeline_id="5", copied=["base", "backend"])
     assert pipeline.job_names == ["build:python"]
     assert pipeline.job("build:python").needs == ()
-    assert pipeline.job("build:python").variables["BASE_IMAGE_TAG"] == "p-5"
+    assert pipeline.job("build:python").variables["KILN_BASE_IMAGE_TAG"] == "p-5"
     assert pipeline.copied == ("base", "backend")
     assert pipeline.built == ("python",)
     text = pipeline.to_yaml()

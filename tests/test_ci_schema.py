@@ -166,7 +166,11 @@ def test_every_job_of_the_pipeline_only_calls_nox() -> None:
             and k not in {"include", "variables", "workflow", "stages"}]
     assert len(jobs) >= 15
     for name in jobs:
-        script = _resolved(merged, name)["script"]
+        job = _resolved(merged, name)
+        if "trigger" in job:  # runs a (generated) child pipeline, whose jobs run nox
+            assert set(job) <= {"stage", "needs", "rules", "trigger", "variables"}, name
+            continue
+        script = job["script"]
         assert all(re.fullmatch(r"nox -s [a-z-]+", line) for line in script), (name, script)
 
 

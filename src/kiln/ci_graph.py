@@ -19,9 +19,10 @@ What each image of the graph becomes (``invoke ci-graph`` decides, this module w
 Every job runs exactly one nox session, as the templates of ``ci/kiln.yml`` do. The jobs write
 the *parent* pipeline's tags (``KILN_PIPELINE_ID``: a child pipeline has an id of its own), build
 only their own image (``KILN_DEPS=false``: the graph orders them) and name their dependencies'
-tag of this pipeline in ``BASE_IMAGE_TAG``: ``p-<id>-<arch>`` when every dependency is a
-multi-arch image (as kiln's build does for an architecture), else ``p-<id>``. A reused multi-arch
-image copied by the generator has its ``p-<id>-<arch>`` tags and its index. Tags: docs/tags.md.
+tag of this pipeline in ``KILN_BASE_IMAGE_TAG`` (which wins over ``BASE_IMAGE_TAG``):
+``p-<id>-<arch>`` when every dependency is a multi-arch image (as kiln's build does for an
+architecture), else ``p-<id>``. A reused multi-arch image copied by the generator has its
+``p-<id>-<arch>`` tags and its index. Tags: docs/tags.md.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ from kiln.tag_policy import pipeline_tag
 DEFAULT_JOB_IMAGE = "$KILN_CI_IMAGE:$buildah_image_tag"
 STAGE = "build"
 UP_TO_DATE_JOB = "graph:up-to-date"
+# BASE_IMAGE_TAG's generic spelling, which wins over it: a trigger job forwards the parent's
+# variables (ci/kiln.yml sets BASE_IMAGE_TAG globally), and forwarded variables win over the
+# child's own job variables.
+BASE_TAG_VARIABLE = "KILN_BASE_IMAGE_TAG"
 
 JobKind = Literal["build", "manifest", "check"]
 
@@ -186,7 +191,7 @@ def plan_child_pipeline(graph: ImageGraph, *, pipeline_id: str,
             variables = dict(base)
             needs = tuple(_final_job(d) for d in deps if d.image in with_jobs)
             if deps:
-                variables["BASE_IMAGE_TAG"] = tag
+                variables[BASE_TAG_VARIABLE] = tag
             jobs.append(Job(job_name("build", name), "build", name, None, "publish",
                             variables, needs))
             continue
@@ -195,12 +200,12 @@ def plan_child_pipeline(graph: ImageGraph, *, pipeline_id: str,
         for arch in node.arches:
             variables = {**base, "IMAGE_ARCH": arch}
             if per_arch_deps:
-                variables["BASE_IMAGE_TAG"] = pipeline_tag(pipeline_id, arch)
+                variables[BASE_TAG_VARIABLE] = pipeline_tag(pipeline_id, arch)
                 needs = tuple(job_name("build", d.image, arch) for d in deps
                               if d.image in with_jobs)
             else:
                 if deps:
-                    variables["BASE_IMAGE_TAG"] = tag
+                    variables[BASE_TAG_VARIABLE] = tag
                 needs = tuple(_final_job(d) for d in deps if d.image in with_jobs)
             arch_jobs.append(job_name("build", name, arch))
             jobs.append(Job(arch_jobs[-1], "build", name, arch, "publish", variables, needs))
