@@ -510,13 +510,18 @@ def test_tag_set_dry_run_shows_rules_and_reasons(
         tagged: dict[str, str], source: RegistryServer, dest: RegistryServer, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     config = tag_set_config(tmp_path, source.address, "{semver: '>=16 <17', newest: 2}")
+    with config.open("a", encoding="utf-8") as handle:  # and a repository that does not exist
+        handle.write(f"  - source: {source.address}/library/nothing\n    tags: all\n")
     mark = source.log_mark()
-    report = run(tmp_path, dest, config, dry_run=True)
-    assert {o.status for o in report.outcomes} == {"would copy"}
+    _, message = run_failing(tmp_path, dest, config, dry_run=True)
+    assert f"1 of 3 image(s) would fail: {source.address}/library/nothing" in message
     out = capsys.readouterr().out
-    assert "mirror plan (dry run: HEAD requests and tag lists only)" in out
+    assert "mirror plan (dry run: HEAD requests and tag lists only): 3 image(s): 2 would copy, " \
+           "1 failed" in out
     assert f"{source.address}/library/node (line 3): 2 of 35 tags" in out
+    assert "library/nothing has no tags (does the repository exist?)" in out
     assert "+ 16.1.4: in semver range '>=16 <17'; newest 2 by semver order (#1)" in out
+    assert "+ 16.1.3: in semver range '>=16 <17'; newest 2 by semver order (#2)" in out
     assert "not a semver version: " in out and "outside the semver range" in out
     assert "older than the newest 2 by semver order" in out and "pre-release" in out
     on_source = source.requests_since(mark)

@@ -24,7 +24,7 @@ from enum import Enum
 from typing import Protocol
 
 from kiln.mirror.config import MirrorConfig, MirrorImage, MirrorSet
-from kiln.mirror.tagsets import Selection
+from kiln.mirror.tagsets import Selection, newest_first
 from kiln.registry.media import INDEX_TYPES
 
 
@@ -316,9 +316,10 @@ def describe_selection(result: SetResult, *, limit: int = 8) -> list[str]:
         return [f"{tag_set.source.name} ({where}): {result.error}"]
     selection = result.selection
     lines = [f"{tag_set.source.name} ({where}): {selection.summary()}"]
-    for tag in selection.selected:
+    for tag in newest_first(selection.selected):
         lines.append(f"  + {tag}: {selection.reasons[tag]}")
     for why, tags in selection.dropped_by_reason():
+        tags = newest_first(tags)
         shown = ", ".join(tags[:limit]) + (f", ... ({len(tags) - limit} more)"
                                           if len(tags) > limit else "")
         lines.append(f"  - {len(tags)} {why}: {shown}")

@@ -785,7 +785,7 @@ def plan_operations(settings: Settings, report: MirrorReport, probes: Sequence[t
     for o in report.outcomes:
         src, dst = o.image.source, o.image.destination
         names = {src.name} | ({dst.name} if dst is not None else set())
-        wanted = {o.image.tag} | ({src.digest} if src.digest else set())
+        wanted = {src.tag or "latest"} | ({src.digest} if src.digest else set())
         lines = []
         for name, reference in dict.fromkeys(probes):
             if name in names and reference in wanted:

@@ -203,6 +203,13 @@ def _compare_versions(a: str, b: str) -> int:
     return int(nodesemver.compare(a, b, _LOOSE))
 
 
+def newest_first(tags: Sequence[str]) -> list[str]:
+    """``tags`` newest first when each is a semver version, else as given (for display)."""
+    if tags and all(is_version(tag) for tag in tags):
+        return sorted(tags, key=cmp_to_key(_compare_versions), reverse=True)
+    return list(tags)
+
+
 @dataclass(frozen=True)
 class Selection:
     """The tags a rule selected from one listing (in the listing's order), with reasons."""

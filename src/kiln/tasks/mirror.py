@@ -15,7 +15,8 @@ from kiln.tasks.common import kiln_task
     iterable=["only"],
     help={
         "config": "mirror configuration file (default: mirrors.yml, or KILN_MIRROR_CONFIG)",
-        "dry_run": "print the plan (skip / copy / error per image, and why); HEAD requests only",
+        "dry_run": "print the plan (which tags each tag set selects and why; skip / retag / "
+                   "copy / error per image, and why); HEAD requests and tag lists only",
         "only": "mirror only images whose source or destination matches this fnmatch pattern "
                 "(repeatable; e.g. 'postgres*', '*/library/debian:*')",
         "jobs": "images copied in parallel (default: 'jobs' in the config, else 4)",
@@ -25,8 +26,10 @@ def mirror(c: Any, settings: Settings, config: str | None = None,
            only: list[str] | None = None, jobs: str | None = None) -> None:
     """Mirror upstream images (mirrors.yml) with all architectures, preserving digests.
 
-    Up-to-date images cost only HEAD requests (no Docker Hub pulls); the run honours the
-    source's rate-limit headers, carries on past failures and exits non-zero if any image failed.
+    Up-to-date images cost only HEAD requests (no Docker Hub pulls); tag sets (``tags:`` rules)
+    cost a tag listing, no pull; a changed index fetches only the children the destination
+    lacks. The run honours the source's rate-limit headers, reports the pulls it spent, carries
+    on past failures and exits non-zero if any image failed.
     """
     from kiln.mirror.run import mirror as run_mirror
 
