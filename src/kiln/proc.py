@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -82,3 +83,13 @@ def run(
             + (f"\n  last output:\n{console.mask(tail)}" if tail else "")
         )
     return result
+
+
+def run_attached(args: Sequence[str], *, stdout_to_stderr: bool = False) -> int:
+    """Run a tool attached to this terminal (stdin, stdout and stderr inherited, nothing
+    captured or masked): for a program whose output is the user's, such as a container started
+    by ``invoke run``. Returns its exit code. ``stdout_to_stderr`` keeps stdout free for a
+    ``--json`` summary."""
+    argv = [which(args[0]), *args[1:]]
+    return subprocess.run(argv, check=False,
+                          stdout=sys.stderr if stdout_to_stderr else None).returncode
