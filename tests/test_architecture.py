@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -154,23 +155,27 @@ NOT_OURS = {".git", ".nox", ".venv", ".kiln", "__pycache__", ".mypy_cache", ".ru
             ".pytest_cache", ".gitlab-ci-local", "build", "node_modules"}
 
 
-def _repository_text_files() -> Iterator[Path]:
-    for path in sorted(REPO_ROOT.rglob("*")):
-        relative = path.relative_to(REPO_ROOT)
-        if any(part in NOT_OURS or part.endswith(".egg-info") for part in relative.parts):
-            continue
-        if not path.is_file() or path.stat().st_size > 2_000_000:
-            continue
-        data = path.read_bytes()
-        if b"\0" in data[:8192]:
-            continue
-        yield path
+def _repository_text_files() -> Iterator[tuple[Path, str]]:
+    """The repository's own text files: generated and state folders (``.kiln`` may hold a
+    debootstrap root with ``/proc`` mounted) are never entered."""
+    for folder, subfolders, files in os.walk(REPO_ROOT):
+        subfolders[:] = sorted(name for name in subfolders
+                               if name not in NOT_OURS and not name.endswith(".egg-info"))
+        for name in sorted(files):
+            path = Path(folder, name)
+            try:
+                if not path.is_file() or path.stat().st_size > 2_000_000:
+                    continue
+                data = path.read_bytes()
+            except OSError:  # removed meanwhile (another process's temporary file)
+                continue
+            if b"\0" not in data[:8192]:
+                yield path, data.decode("utf-8", errors="replace")
 
 
 def test_repository_cites_no_document_outside_it() -> None:
     citations = []
-    for path in _repository_text_files():
-        text = path.read_bytes().decode("utf-8", errors="replace")
+    for path, text in _repository_text_files():
         for number, line in enumerate(text.splitlines(), start=1):
             if any(needle in line for needle in OUTSIDE_DOCUMENTS):
                 citations.append(f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()[:120]}")
@@ -181,8 +186,7 @@ def test_repository_cites_no_document_outside_it() -> None:
 def test_every_cited_document_exists() -> None:
     cited = re.compile(r"\bdocs/([A-Za-z0-9_-]+\.md)")
     missing = []
-    for path in _repository_text_files():
-        text = path.read_bytes().decode("utf-8", errors="replace")
+    for path, text in _repository_text_files():
         for number, line in enumerate(text.splitlines(), start=1):
             for name in cited.findall(line):
                 if not (REPO_ROOT / "docs" / name).is_file():
