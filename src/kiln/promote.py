@@ -499,17 +499,26 @@ def copy_manifest(src: Registry, dst: Registry, manifest: Manifest, ref: str) ->
     dst.put(ref, manifest)
 
 
-def copy_artifacts(src: Registry, dst: Registry, subject: Manifest) -> list[Result]:
+def gather_artifacts(src: Registry, subject: Manifest) -> list[Artifacts]:
+    """The artifacts of ``subject`` and, for an index, of its children; read and checked
+    (:func:`find_artifacts`) so that a bad one stops a copy before anything is written."""
+    subjects = [subject.digest]
+    if subject.is_index:
+        subjects += [c.digest for c in media.index_children(subject.body, src.name)]
+    return [a for a in (find_artifacts(src, digest) for digest in subjects) if a]
+
+
+def copy_artifacts(src: Registry, dst: Registry, subject: Manifest,
+                   found: list[Artifacts] | None = None) -> list[Result]:
     """Copy the signatures and attestations of ``subject`` (and of an index's children) from
     ``src`` to ``dst``, where ``subject`` itself already is or is about to be.
 
     Everything is read and checked first; then artifact manifests are written by digest,
     cosign tags under their tag, and where ``dst`` has no referrers API its ``sha256-<hex>``
-    fallback index is written (merged with what is there). Idempotent."""
-    subjects = [subject.digest]
-    if subject.is_index:
-        subjects += [c.digest for c in media.index_children(subject.body, src.name)]
-    found = [a for a in (find_artifacts(src, digest) for digest in subjects) if a]
+    fallback index is written (merged with what is there). Idempotent. ``found``: what
+    :func:`gather_artifacts` read before (else it is read now)."""
+    if found is None:
+        found = gather_artifacts(src, subject)
     status = "planned" if dst.dry_run else "copied"
     results: list[Result] = []
     for item in found:
@@ -573,10 +582,11 @@ def promote(
             reg = Registry(client(dest.host), dest.repository, dry_run=settings.dry_run, log=log)
             remaining = list(tags)
             if dest != source and remaining and reg.head(manifest.digest) is None:
+                # signatures travel with the image; read and checked before anything is copied
+                found = gather_artifacts(src, manifest) if settings.copy_referrers else []
                 copy_between(settings, source, manifest.digest, dest, remaining[0],
                              dry_run=settings.dry_run, log=log)
-                if settings.copy_referrers:  # signatures travel with the image
-                    results.extend(copy_artifacts(src, reg, manifest))
+                results.extend(copy_artifacts(src, reg, manifest, found))
                 results.append(Result(dest.name, remaining[0], manifest.digest,
                                       "planned" if settings.dry_run else "copied"))
                 remaining = remaining[1:]
