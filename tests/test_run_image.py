@@ -94,13 +94,15 @@ def test_buildah_from_run_rm_command_lines() -> None:
                                volumes=["/src:/code"], workdir="/code")[7:] == [
         "run", "--isolation", "chroot", "--env", "A=1", "-v", "/src:/code",
         "--workingdir", "/code", "c1", "--", "/code/run.sh", "--self-test"]
+    assert buildah.run_command("c1", ["sh"], cap_add=["CAP_SYS_ADMIN"])[7:] == [
+        "run", "--isolation", "chroot", "--cap-add", "CAP_SYS_ADMIN", "c1", "--", "sh"]
     assert buildah.rm_command("c1")[7:] == ["rm", "c1"]
 
 
 def test_run_is_a_task_with_repeatable_env_and_optional_code() -> None:
     task = namespace["run"]
     names = {arg.name for arg in task.get_arguments()}
-    assert {"image", "registry", "arch", "env", "code", "dry_run", "json"} <= names
+    assert {"image", "registry", "arch", "env", "code", "cap_add", "dry_run", "json"} <= names
     by_name = {arg.name: arg for arg in task.get_arguments()}
     assert by_name["env"].kind is list and by_name["code"].optional
 

@@ -153,10 +153,13 @@ class Buildah:
 
     def run_command(self, container: str, command: Sequence[str], *,
                     env: Mapping[str, str] | None = None, volumes: Sequence[str] = (),
-                    workdir: str | None = None) -> list[str]:
+                    workdir: str | None = None, cap_add: Sequence[str] = ()) -> list[str]:
         """``buildah run`` of ``command`` in ``container`` (the image's ENTRYPOINT is not applied
-        by buildah: ``command`` is the whole command line). ``env`` adds to the image's Env."""
+        by buildah: ``command`` is the whole command line). ``env`` adds to the image's Env;
+        ``cap_add`` adds capabilities (nested buildah needs CAP_SYS_ADMIN to mount)."""
         args = ["run", "--isolation", self.isolation]
+        for capability in cap_add:
+            args += ["--cap-add", capability]
         for name, value in (env or {}).items():
             args += ["--env", f"{name}={value}"]
         for volume in volumes:

@@ -118,12 +118,14 @@ class RunPlan:
     env: Mapping[str, str] = field(default_factory=dict)
     code: str | bool | None = None
     args: tuple[str, ...] = ()
+    cap_add: tuple[str, ...] = ()
 
 
 # -- I/O --------------------------------------------------------------------------------------
 
 def run_image(settings: Settings, image: str, *, env: Iterable[str] = (),
-              code: str | bool | None = None, args: Sequence[str] = ()) -> int:
+              code: str | bool | None = None, args: Sequence[str] = (),
+              cap_add: Sequence[str] = ()) -> int:
     """Run ``image`` in a throwaway container; returns the container's exit code (0 in a dry
     run, which prints the commands instead)."""
     validate_image_name(image)
@@ -139,6 +141,8 @@ def run_image(settings: Settings, image: str, *, env: Iterable[str] = (),
         proc.which("buildah")
     buildah = Buildah.from_settings(settings)
     plan = _locate(settings, buildah, image, foreign, variables, code, tuple(args))
+    plan = RunPlan(plan.image, plan.ref, plan.local, plan.env, plan.code, plan.args,
+                   tuple(cap_add))
     if settings.dry_run:
         return _print_plan(settings, buildah, plan)
     host = access.registry_host(plan.ref)
@@ -158,7 +162,7 @@ def run_image(settings: Settings, image: str, *, env: Iterable[str] = (),
         argv = buildah.run_command(
             container, command, env=variables,
             volumes=[f"{folder}:{CODE_TARGET}"] if folder else (),
-            workdir=CODE_TARGET if folder else None)
+            workdir=CODE_TARGET if folder else None, cap_add=cap_add)
         console.step(f"running {plan.ref}: {shown_command(command, {})}"
                      + (f" (with {folder} at {CODE_TARGET})" if folder else ""))
         code_exit = proc.run_attached(argv, stdout_to_stderr=console.json_enabled())
@@ -222,7 +226,7 @@ def _print_plan(settings: Settings, buildah: Buildah, plan: RunPlan) -> int:
     command = ["<ENTRYPOINT>", *(plan.args or ["<CMD>"])]
     lines.append(shown_command(buildah.run_command(
         "<container>", command, env=plan.env, volumes=volumes,
-        workdir=CODE_TARGET if plan.code else None), plan.env))
+        workdir=CODE_TARGET if plan.code else None, cap_add=plan.cap_add), plan.env))
     lines.append(shlex.join(buildah.rm_command("<container>")))
     for line in lines:
         console.plan(line)
