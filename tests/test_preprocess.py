@@ -662,3 +662,27 @@ def test_quotes_in_if_are_clean_errors(ctx: Path, condition: str, fragment: str)
     assert message.startswith(f"{ctx / 'main.in'}:3: "), message
     assert fragment in message
     assert "Error(" not in message and "Exception" not in message
+
+
+def test_a_directive_line_inside_macro_arguments_is_refused(ctx: Path) -> None:
+    """cpp collects the arguments across lines and reads '#ifdef X' there as text."""
+    message = error_of(ctx, "#define F(a) [a]\nRUN F(1\n#ifdef X\n x\n#endif\n)\n")
+    assert message.startswith(f"{ctx / 'main.in'}:3: '#ifdef X' is inside the arguments of F")
+    assert "invoked on line 2" in message
+
+
+def test_a_continuation_inside_a_name_or_after_a_backslash_is_spliced_first(ctx: Path) -> None:
+    """cpp joins continued lines before it reads names and quotes."""
+    text = (
+        "#define Bx joined\n#define B alone\nRUN B\\\nx B\\\n  x\n"
+        "RUN echo it's \\\\\nNAME' NAME\n"
+    )
+    assert run(ctx, text, NAME="kiln").text == "RUN joined alone\\\n  x\nRUN echo it's \\\\\nNAME' kiln\n"
+
+
+def test_a_blank_argument_keeps_its_space(ctx: Path) -> None:
+    text = (
+        "#define ONE(x) [x]\n#define NONE() none\n#define Q(x) \"x\"\n"
+        "RUN ONE( /* c */) ONE() NONE( ) Q(a  \nb)\n"
+    )
+    assert run(ctx, text).text == 'RUN [ ] [] none "a   b"\n'

@@ -87,15 +87,16 @@ Deliberate differences from cpp
 * ``#include <x>`` searches ``include_path`` like ``"x"`` does (cpp would search only ``-I``
   directories, which buildah does not pass).
 * Where cpp reports an error but still prints something, kiln may accept the input with its
-  usual meaning: conditionals inside a macro's argument list are executed, variadic macros
-  work, ``F( )`` is accepted for a macro without parameters; an object-like macro that names
-  itself (``#define PATH PATH:/x``) gives cpp's text without cpp's error.
+  usual meaning: variadic macros work, ``F( )`` is accepted for a macro without parameters;
+  an object-like macro that names itself (``#define PATH PATH:/x``) gives cpp's text without
+  cpp's error.
 * Refused (error with file:line and what to write instead) where kiln cannot follow cpp: a
   function-like macro invoking itself more than 20 levels deep (cpp reports an error too); a
-  function-like macro's name ending a line that is followed by a ``#`` line (cpp reads that
-  line as text while looking for the ``(``); a ``/*`` inside a quote that a macro's expansion
-  left open (cpp keeps it as text), or a comment spanning lines right after such a quote
-  closes; a quote in an ``#if`` expression.
+  ``#`` line inside a macro's arguments, or after a function-like macro's name that ends a
+  line (cpp reads that line as text while it collects the arguments or looks for the ``(``);
+  a comment spanning lines inside a quote that a macro's expansion left open, or right after
+  such a quote closes (a one-line ``/* */`` there is text, as for cpp); a quote in an ``#if``
+  expression.
 * ``#line``, ``#assert`` and ``#unassert`` are ignored with a warning; ``#include_next`` and
   ``#import`` are errors; ``__has_include(...)`` in ``#if`` is always 0.
 
@@ -263,6 +264,7 @@ _GUARD_RE = re.compile(
 _MAX_INCLUDE_DEPTH = 200
 
 _SPLICE = r"(?:\\[ \t]*\n)*"
+_SPLICE_RE = re.compile(r"\\[ \t]*\n")
 
 
 def _literal_body(quote: str) -> str:
@@ -281,7 +283,7 @@ _TOKEN_RE = re.compile(
             rf"(?P<{_WS}>[ \t\f\v]+|\n)",
             rf'(?P<{_STRING}>"{_literal_body(chr(34))}(?:"|(?=\n)|\Z))',
             rf"(?P<{_CHAR}>'{_literal_body(chr(39))}(?:'|(?=\n)|\Z))",
-            rf"(?P<{_ID}>[A-Za-z_][A-Za-z0-9_]*)",
+            rf"(?P<{_ID}>[A-Za-z_](?:{_SPLICE}[A-Za-z0-9_])*)",  # cpp splices before it lexes
             r"(?P<CPP_INTEGER>(?:0[xX][0-9a-fA-F]+|[0-9]+)"
             r"(?:[uU](?:ll|LL|[lL])?|(?:ll|LL|[lL])[uU]?)?(?![A-Za-z0-9_])|[0-9]+)",
             r"(?P<KILN_OP>&&|\|\||==|!=|<=|>=|<<|>>)",
@@ -399,6 +401,8 @@ class _TraditionalLexer:
                 tok.type = _COMMENT
             elif kind in (_STRING, _CHAR):
                 tok.unterminated = _CLOSED_LITERAL_RE.fullmatch(value) is None
+            elif kind == _ID and "\n" in value:  # a name split by a continuation is one name
+                tok.value = _SPLICE_RE.sub("", value)
             lineno += value.count("\n")
             yield tok
         self.lineno = lineno
@@ -1221,20 +1225,28 @@ class _Expansion:
             level -= 1
             pos = self.stack[level].pos
 
-    def _check_line_after(self, name_tok: Any, newline: Any) -> None:
-        """cpp looks for a function-like macro's '(' on the next lines too, and reads a
-        directive line there as text; kiln has already executed or dropped it: refuse."""
+    def _check_line_after(self, name_tok: Any, newline: Any, in_arguments: bool = False) -> None:
+        """cpp looks for a function-like macro's '(' and its arguments on the next lines too,
+        and reads a directive line there as text; kiln has executed or dropped it: refuse."""
         source, line = str(newline.source), int(newline.lineno)
         following = self.pp._source_line(source, line + 1)
-        if following.startswith("#"):
-            name = str(name_tok.value)
+        if not following.startswith("#"):
+            return
+        name = str(name_tok.value)
+        if in_arguments:
             raise self.pp.error(
-                str(name_tok.source), int(name_tok.lineno),
-                f"{name} is a function-like macro, and no '(' follows it on its line: cpp then "
-                f"reads on for the '(' and takes the next line ({source}:{line + 1}: "
-                f"{_shorten(following, 60)!r}) as text, not as a directive; write {name}(...) "
-                f"to invoke it, or do not end the line with {name}",
+                source, line + 1,
+                f"{_shorten(following, 60)!r} is inside the arguments of {name} (invoked on "
+                f"line {name_tok.lineno}): cpp reads it as text, not as a directive; close the "
+                f"invocation with ')' before the directive (e.g. one invocation per branch)",
             )  # fmt: skip
+        raise self.pp.error(
+            str(name_tok.source), int(name_tok.lineno),
+            f"{name} is a function-like macro, and no '(' follows it on its line: cpp then "
+            f"reads on for the '(' and takes the next line ({source}:{line + 1}: "
+            f"{_shorten(following, 60)!r}) as text, not as a directive; write {name}(...) "
+            f"to invoke it, or do not end the line with {name}",
+        )  # fmt: skip
 
     def _collect_args(self, name_tok: Any) -> list[list[Any]]:
         """The raw arguments after the '(' the scan stands on, up to the matching ')'."""
@@ -1254,10 +1266,12 @@ class _Expansion:
                     str(name_tok.source), int(name_tok.lineno),
                     f"unterminated argument list of a macro invocation (no ')'){hint}",
                 )  # fmt: skip
+            tok = ctx.tokens[ctx.pos]
+            if ctx is self.stack[0] and tok.type == _WS and tok.value == "\n":
+                self._check_line_after(name_tok, tok, in_arguments=True)
             if self.quote:
                 self._quoted(ctx, args[-1], collecting=True)
                 continue
-            tok = ctx.tokens[ctx.pos]
             ctx.pos += 1
             if tok.type == _WS and tok.value == "\n":
                 tok = copy.copy(tok)
