@@ -462,7 +462,7 @@ class _KilnPreprocessor(Preprocessor):  # type: ignore[misc]
         self.line_directive = None
         self.auto_pragma_once_enabled = False
         self.rewrite_paths: list[tuple[str, str]] = []  # keep file names as we give them
-        self.t_SPACE = _GCC_SPACE  # see _render: pcpp inserts these after function-like macros
+        self.t_SPACE = _GCC_SPACE  # pcpp's own inserted spaces: render drops them
         self.include_dirs = [Path(p) for p in include_path]
         roots = [str(p) for p in self.include_dirs]
         # The main file's directory is searched first for "x" (cpp does) and may hold includes;
