@@ -82,12 +82,12 @@ def test_blocks_used_with_macros_are_the_same_under_gnu_cpp_and_kiln(source: str
 def test_setup_from_base_defaults() -> None:
     text = kiln_text('#include "setup-from-base"\n')
     assert meaning(text) == [
-        "ARG REGISTRY", "ARG BASE_IMAGE=base", "ARG BASE_IMAGE_TAG=latest",
+        "ARG REGISTRY", "ARG BASE_IMAGE=python", "ARG BASE_IMAGE_TAG=latest",
         "FROM ${REGISTRY}/${BASE_IMAGE}:${BASE_IMAGE_TAG}",
         "ARG REGISTRY", "ARG BASE_IMAGE", "ARG BASE_IMAGE_TAG",
     ]
     froms = parse_from_lines(text, {"REGISTRY": "reg.example/group", "BASE_IMAGE_TAG": "p-7"})
-    assert [f.image for f in froms] == ["reg.example/group/base:p-7"]
+    assert [f.image for f in froms] == ["reg.example/group/python:p-7"]
     # A build argument still overrides the default the build file chose.
     froms = parse_from_lines(text, {"REGISTRY": "r", "BASE_IMAGE": "python"})
     assert [f.image for f in froms] == ["r/python:latest"]

@@ -35,8 +35,35 @@ def test_known_images_and_references(no_subprocess: None) -> None:
         "127.0.0.1:5000/mirror/library/debian:bookworm"
     assert [i.name for i in seed.selected_images(None)] == list(seed.UPSTREAM_IMAGES)
     picked = seed.selected_images(["library/busybox:latest", "library/busybox:latest"])
-    assert [(i.repository, i.tag, i.multi_arch) for i in picked] == [
-        ("library/busybox", "latest", True)]
+    assert [(i.repository, i.tag, i.always_arches) for i in picked] == [
+        ("library/busybox", "latest", ("amd64", "arm64"))]
+
+
+def test_wanted_arches_the_hosts_by_default_plus_what_is_asked(no_subprocess: None) -> None:
+    debian = seed.UPSTREAM_IMAGES["library/debian:bookworm"]
+    busybox = seed.UPSTREAM_IMAGES["library/busybox:latest"]
+    assert seed.wanted_arches(debian, None, native="amd64") == ["amd64"]
+    assert seed.wanted_arches(debian, ["aarch64"], native="amd64") == ["arm64"]
+    assert seed.wanted_arches(debian, ["s390x", "amd64", "arm64"]) == ["amd64", "arm64", "s390x"]
+    assert seed.wanted_arches(busybox, None, native="amd64") == ["amd64", "arm64"]
+    assert seed.wanted_arches(busybox, ["ppc64el"]) == ["amd64", "arm64", "ppc64le"]
+    with pytest.raises(InputError, match="unsupported architecture 'mips'"):
+        seed.wanted_arches(debian, ["mips"])
+
+
+def test_a_list_grows_and_keeps_its_children_in_arch_order(no_subprocess: None) -> None:
+    """Seeding arm64 into a registry whose list has amd64 keeps amd64 (pure parts)."""
+    amd = ("sha256:" + "a" * 64, 428, "amd64")
+    arm = ("sha256:" + "b" * 64, 430, "arm64")
+    body = seed.manifest_list([amd])
+    children = seed.list_children(body)
+    assert children == {"amd64": amd}
+    children["arm64"] = arm
+    grown = seed.manifest_list(seed.ordered_children(reversed(list(children.values()))))
+    assert [m["platform"]["architecture"] for m in json.loads(grown)["manifests"]] == [
+        "amd64", "arm64"]
+    assert seed.ordered_children([("d", 1, "riscv64"), ("c", 1, "s390x"), ("b", 1, "amd64")]) \
+        == [("b", 1, "amd64"), ("c", 1, "s390x"), ("d", 1, "riscv64")]
 
 
 def test_unknown_image_is_an_input_error_that_lists_the_known_ones(no_subprocess: None) -> None:
@@ -52,6 +79,12 @@ def test_debian_recipe(no_subprocess: None) -> None:
                     "--include=python3,python3-pip,python3-venv,python3-wheel-whl,ca-certificates",
                     "bookworm", "/x/root", "http://mirror.example/debian"]
     assert seed.debootstrap_command(Path("r"), "ppc64le")[2] == "--arch=ppc64el"
+    # A foreign architecture: debootstrap only unpacks, its own script finishes inside the root
+    # (chroot), where every binary runs under qemu.
+    foreign = seed.debootstrap_command(Path("/x/root"), "arm64", foreign=True)
+    assert foreign[:4] == ["debootstrap", "--variant=minbase", "--foreign", "--arch=arm64"]
+    assert seed.second_stage_command(Path("/x/root")) == [
+        "chroot", "/x/root", "/debootstrap/debootstrap", "--second-stage"]
     name = seed.debian_cache_name("amd64")
     assert name.startswith("debian-bookworm-amd64-")
     # The cache name follows the recipe: another package list is another cached image.
@@ -129,7 +162,7 @@ def test_manifest_list_bytes(no_subprocess: None) -> None:
 def test_debian_without_root_or_debootstrap_is_a_clear_tool_error(
         no_subprocess: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     settings = Settings.resolve(tmp_path, {}, {}, {"state_dir": str(tmp_path / "state")})
-    monkeypatch.setattr(seed, "_registry_has", lambda ctx, repository, tag: False)
+    monkeypatch.setattr(seed, "_registry_children", lambda ctx, repository, tag: {})
     monkeypatch.setattr(seed.os, "geteuid", lambda: 1000)
     with pytest.raises(ToolMissingError, match="needs root") as err:
         seed.seed_upstream(settings, "127.0.0.1:1", names=["library/debian:bookworm"])
@@ -140,6 +173,33 @@ def test_debian_without_root_or_debootstrap_is_a_clear_tool_error(
         seed.seed_upstream(settings, "127.0.0.1:1", names=["library/debian:bookworm"])
     assert err.value.hint == "apt-get install debootstrap"
     assert not list((tmp_path / "state" / "seed").glob("debian-*")), "nothing half-made is cached"
+
+
+def test_foreign_debian_without_qemu_is_a_clear_tool_error(
+        no_subprocess: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """s390x (or any foreign arch) with no qemu handler: the error says which architecture,
+    what is missing and how to fix it, before anything is downloaded."""
+    settings = Settings.resolve(tmp_path, {}, {}, {"state_dir": str(tmp_path / "state")})
+    monkeypatch.setattr(seed, "_registry_children", lambda ctx, repository, tag: {})
+    monkeypatch.setattr(seed.os, "geteuid", lambda: 0)
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("debootstrap", "chroot"):
+        (tools / tool).write_text("#!/bin/sh\nexit 99\n")
+        (tools / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", str(tools))
+    monkeypatch.setattr(seed.qemu, "BINFMT_DIR", tmp_path / "binfmt")
+    monkeypatch.setattr(seed.qemu, "QEMU_BIN_DIR", tmp_path / "no-qemu")
+    foreign = "s390x" if seed.host_arch() != "s390x" else "arm64"
+    with pytest.raises(ToolMissingError) as err:
+        seed.seed_upstream(settings, "127.0.0.1:1", names=["library/debian:bookworm"],
+                           arches=[foreign])
+    message = str(err.value)
+    assert f"offline Debian base image for {foreign}" in message
+    assert "qemu-user-static is not installed" in message and err.value.exit_code == 6
+    assert "apt-get install qemu-user-static" in str(err.value.hint)
+    assert "mirror library/debian:bookworm" in str(err.value.hint)
+    assert not list((tmp_path / "state" / "seed").glob("debootstrap-*"))
 
 
 # -- real seeding of busybox -------------------------------------------------------------------
@@ -215,13 +275,14 @@ def test_seed_busybox_multi_arch_then_nothing_new(seed_settings: Settings,
         assert config["config"]["Cmd"] == ["sh"]
     assert children["arm64"]["platform"].get("variant") == "v8"
 
-    # Seeding again pushes nothing: one HEAD, no writes, no blob traffic.
+    # Seeding again pushes nothing: the list is read (HEAD, GET), no writes, no blob traffic.
     mark = registry.log_mark()
     assert seed.seed_upstream(seed_settings, address, names=["library/busybox:latest"],
                               cache_dir=SEED_CACHE) == []
     requests = registry.requests_since(mark)
     assert [(r.method, r.path) for r in requests] == [
-        ("HEAD", "/v2/mirror/library/busybox/manifests/latest")]
+        ("HEAD", "/v2/mirror/library/busybox/manifests/latest"),
+        ("GET", "/v2/mirror/library/busybox/manifests/latest")]
 
 
 @pytest.mark.real

@@ -3,20 +3,27 @@ registry as if they had been mirrored from Docker Hub, without Docker Hub.
 
 The local default flow builds ``FROM ${UPSTREAM_REGISTRY}/library/debian:bookworm`` with
 ``UPSTREAM_REGISTRY=<embedded registry>/mirror``; this module fills that mirror from what a
-Debian machine can make itself:
+Debian machine can make itself. Both images are manifest lists, as on Docker Hub, so
+``build-arch --arch arm64`` finds its architecture under the same name; each child is also
+tagged ``<tag>-<arch>``:
 
 * ``library/debian:bookworm``: a ``debootstrap --variant=minbase`` root filesystem of Debian 12
   with python3, pip, venv, the wheel of ``wheel`` (for offline ``pip install
-  --no-build-isolation``) and CA certificates, for the host's architecture. Made once: about a
-  minute of debootstrap (needs root and Debian's apt repository), ~200 MB uncompressed, every
-  mtime set to :data:`SEED_EPOCH`, then committed with buildah (Docker format, created at
-  :data:`SEED_EPOCH`).
-* ``library/busybox:latest``: a manifest list (Docker v2s2) of ``amd64`` and ``arm64`` images made
-  of Debian's ``busybox-static``: the host's own ``/bin/busybox`` when it is static and of the
+  --no-build-isolation``) and CA certificates, for the architectures asked for (the host's by
+  default; a foreign-arch build asks for its own). The host's takes about a minute of
+  debootstrap; a foreign one is debootstrap's ``--foreign`` first stage, finished by
+  ``chroot <root> /debootstrap/debootstrap --second-stage`` running the foreign binaries under
+  qemu (:mod:`kiln.qemu` must find the binfmt handler; about three minutes for arm64). Needs
+  root and Debian's apt repository; ~200 MB uncompressed, every mtime set to
+  :data:`SEED_EPOCH`, committed with buildah (Docker format, created at :data:`SEED_EPOCH`).
+* ``library/busybox:latest``: ``amd64`` and ``arm64`` (plus any architecture asked for) made of
+  Debian's ``busybox-static``: the host's own ``/bin/busybox`` when it is static and of the
   host's architecture, otherwise the package downloaded with ``apt-get download`` (``dpkg
-  --add-architecture`` and ``apt-get update`` only when needed, the ``.deb`` cached). Each
-  architecture is also tagged ``latest-<arch>``. The list is written last, with one PUT, so an
-  interrupted run never leaves a list without its children.
+  --add-architecture`` and ``apt-get update`` only when needed, the ``.deb`` cached).
+
+A list only grows: seeding another architecture adds a child and keeps the ones the registry
+has. The list is written last, with one PUT, so an interrupted run never leaves a list without
+its children.
 
 Why a cache of *images*, not of root filesystems: each image is kept as a compressed ``dir:``
 image (``buildah push --format v2s2 dir:...``) under ``<cache>/`` (default
@@ -24,8 +31,9 @@ image (``buildah push --format v2s2 dir:...``) under ``<cache>/`` (default
 ``skopeo copy --preserve-digests`` of those bytes (about a second instead of ~30 s of commit
 and compression), and every registry seeded from one cache gets the same digests.
 
-Idempotent: an image whose tag the registry already has is skipped after one HEAD request.
-Concurrent seeders on one machine serialise on ``<cache>/.lock``.
+Idempotent: an image whose list in the registry already has every architecture asked for is
+skipped after one HEAD and one GET. Concurrent seeders on one machine serialise on
+``<cache>/.lock``.
 """
 
 from __future__ import annotations
@@ -46,12 +54,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from kiln import console, proc, skopeo
-from kiln.arch import host_arch, normalize_arch
+from kiln import console, proc, qemu, skopeo
+from kiln.arch import SUPPORTED_ARCHES, host_arch, normalize_arch
 from kiln.buildah import Buildah
 from kiln.errors import InputError, KilnError, ToolMissingError
 from kiln.registry.client import open_client
-from kiln.registry.media import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Manifest, digest_of
+from kiln.registry.media import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    Manifest,
+    digest_of,
+    index_children,
+    is_index,
+)
 from kiln.registry.reference import split_repository
 from kiln.settings import Settings
 
@@ -88,11 +103,12 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 @dataclass(frozen=True)
 class UpstreamImage:
-    """An upstream image kiln can make offline."""
+    """An upstream image kiln can make offline: a manifest list of ``always_arches`` plus the
+    architectures asked for (the host's when none is)."""
 
     name: str
     description: str
-    multi_arch: bool
+    always_arches: tuple[str, ...] = ()
 
     @property
     def repository(self) -> str:
@@ -106,13 +122,14 @@ class UpstreamImage:
 UPSTREAM_IMAGES: dict[str, UpstreamImage] = {
     "library/debian:bookworm": UpstreamImage(
         "library/debian:bookworm",
-        "Debian 12 minbase (debootstrap) with python3, pip, venv, CA certificates; host arch",
-        multi_arch=False,
+        "Debian 12 minbase (debootstrap) with python3, pip, venv, CA certificates; the host's "
+        "architecture and any foreign one asked for (debootstrap's foreign mode, under qemu)",
     ),
     "library/busybox:latest": UpstreamImage(
         "library/busybox:latest",
-        "Debian's busybox-static, manifest list of " + " and ".join(BUSYBOX_ARCHES),
-        multi_arch=True,
+        "Debian's busybox-static, manifest list of " + " and ".join(BUSYBOX_ARCHES)
+        + " (and any architecture asked for)",
+        always_arches=BUSYBOX_ARCHES,
     ),
 }
 
@@ -140,6 +157,37 @@ def selected_images(names: Iterable[str] | None) -> list[UpstreamImage]:
     return [UPSTREAM_IMAGES[n] for n in wanted]
 
 
+def wanted_arches(image: UpstreamImage, arches: Iterable[str] | None = None,
+                  native: str | None = None) -> list[str]:
+    """The architectures ``image`` must have: its ``always_arches`` plus ``arches`` (default:
+    the host's), unique, in :data:`~kiln.arch.SUPPORTED_ARCHES` order. A name kiln does not
+    know is an :class:`InputError`."""
+    asked = [normalize_arch(a) for a in arches] if arches else [native or host_arch()]
+    wanted = set(image.always_arches) | set(asked)
+    return sorted(wanted, key=_arch_order)
+
+
+def list_children(body: bytes) -> dict[str, tuple[str, int, str]]:
+    """arch -> (digest, size, arch) of a manifest list's linux children (pure)."""
+    children: dict[str, tuple[str, int, str]] = {}
+    for child in index_children(body, "seeded manifest list"):
+        platform = child.platform or {}
+        arch = str(platform.get("architecture", ""))
+        if arch and platform.get("os", "linux") == "linux":
+            children[arch] = (child.digest, child.size, arch)
+    return children
+
+
+def ordered_children(children: Iterable[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
+    """Children of a list in architecture order (amd64, arm64, ppc64le, s390x, then others)."""
+    return sorted(children, key=lambda child: _arch_order(child[2]))
+
+
+def _arch_order(arch: str) -> tuple[int, str]:
+    known = SUPPORTED_ARCHES.index(arch) if arch in SUPPORTED_ARCHES else len(SUPPORTED_ARCHES)
+    return known, arch
+
+
 def debian_cache_name(arch: str, packages: Sequence[str] = DEBIAN_PACKAGES,
                       suite: str = DEBIAN_SUITE) -> str:
     """Name of the cached Debian image: changes whenever its recipe changes."""
@@ -151,16 +199,27 @@ def debian_cache_name(arch: str, packages: Sequence[str] = DEBIAN_PACKAGES,
 
 def debootstrap_command(target: Path, arch: str, mirror: str = DEBIAN_MIRROR,
                         packages: Sequence[str] = DEBIAN_PACKAGES,
-                        suite: str = DEBIAN_SUITE) -> list[str]:
-    return ["debootstrap", "--variant=minbase", f"--arch={_DPKG_ARCH[arch]}",
-            f"--include={','.join(packages)}", suite, str(target), mirror]
+                        suite: str = DEBIAN_SUITE, *, foreign: bool = False) -> list[str]:
+    """debootstrap of ``arch``; ``foreign`` only unpacks (first stage): the packages' scripts
+    are run later, inside the root, by :func:`second_stage_command` under qemu."""
+    argv = ["debootstrap", "--variant=minbase"]
+    if foreign:
+        argv.append("--foreign")
+    return [*argv, f"--arch={_DPKG_ARCH[arch]}", f"--include={','.join(packages)}", suite,
+            str(target), mirror]
+
+
+def second_stage_command(root: Path) -> list[str]:
+    """Finish a foreign debootstrap: its own script, chrooted into the root it made (every
+    binary there is foreign, so the kernel hands it to qemu through binfmt_misc)."""
+    return ["chroot", str(root), "/debootstrap/debootstrap", "--second-stage"]
 
 
 def tar_command(root: Path, output: Path) -> list[str]:
     """GNU tar of ``root`` with names sorted and every mtime :data:`SEED_EPOCH`: the same
-    packages give the same bytes."""
+    packages give the same bytes. Never crosses into a mount (a /proc left mounted inside)."""
     return ["tar", "--sort=name", f"--mtime=@{SEED_EPOCH}", "--numeric-owner", "--format=gnu",
-            "-C", str(root), "-cf", str(output), "."]
+            "--one-file-system", "-C", str(root), "-cf", str(output), "."]
 
 
 def busybox_links(list_full: str) -> list[str]:
@@ -245,25 +304,43 @@ def elf_arch(data: bytes) -> str | None:
 # -- seeding --------------------------------------------------------------------------------
 
 def seed_upstream(settings: Settings, registry: str, *, names: Iterable[str] | None = None,
-                  cache_dir: Path | None = None) -> list[str]:
+                  cache_dir: Path | None = None,
+                  arches: Iterable[str] | None = None) -> list[str]:
     """Push the offline upstream images ``names`` (default: all of :data:`UPSTREAM_IMAGES`) to
-    ``<registry>/mirror/...`` unless the registry has them already; returns the references
-    pushed. Images are made once and cached in ``cache_dir`` (default
-    ``settings.state_dir / "seed"``); later seeds of any registry copy the cached bytes, so every
-    registry gets the same digests."""
+    ``<registry>/mirror/...`` with the architectures ``arches`` (default: the host's; see
+    :func:`wanted_arches`), unless the registry's list has them already; returns the references
+    pushed (per-arch tags, then the list). Images are made once and cached in ``cache_dir``
+    (default ``settings.state_dir / "seed"``); later seeds of any registry copy the cached
+    bytes, so every registry gets the same digests."""
     images = selected_images(names)
+    asked = list(arches) if arches is not None else None
+    plans = [(image, wanted_arches(image, asked)) for image in images]
     cache = cache_dir or settings.state_dir / "seed"
     cache.mkdir(parents=True, exist_ok=True)
     ctx = _Context(settings, registry, cache)
     pushed: list[str] = []
     with _lock(cache / ".lock"):
-        for image in images:
+        for image, wanted in plans:
             ref = mirror_ref(registry, image.name)
-            if _registry_has(ctx, image.repository, image.tag):
-                console.info(f"{ref}: already in the registry, not seeded again")
+            children = _registry_children(ctx, image.repository, image.tag)
+            missing = [arch for arch in wanted if arch not in children]
+            if not missing:
+                console.info(f"{ref}: already in the registry ({', '.join(wanted)}), not seeded "
+                             "again")
                 continue
             started = time.monotonic()
-            pushed += (_seed_busybox if image.multi_arch else _seed_debian)(ctx, ref)
+            console.step(f"seeding {ref} for {', '.join(missing)}"
+                         + (f" (the registry has {', '.join(children)})" if children else ""))
+            make = _debian_layout if image.repository == "library/debian" else _busybox_layout
+            for arch in missing:
+                layout = make(ctx, arch)
+                arch_ref = f"{ref}-{arch}"
+                digest, size = _copy_to_registry(ctx, layout, arch_ref)
+                children[arch] = (digest, size, arch)
+                pushed.append(arch_ref)
+            _put_list(ctx, image.repository, image.tag,
+                      manifest_list(ordered_children(children.values())))
+            pushed.append(ref)
             console.info(f"{ref} ready after {time.monotonic() - started:.0f}s")
     return pushed
 
@@ -307,10 +384,15 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _registry_has(ctx: _Context, repository: str, tag: str) -> bool:
+def _registry_children(ctx: _Context, repository: str, tag: str) -> dict[str, tuple[str, int, str]]:
+    """The architectures the registry's list ``mirror/<repository>:<tag>`` has (HEAD, then GET
+    of a list). Absent, or a single image (an older seed): none, so the list is (re)written."""
     host, path = ctx.repository(repository)
     with open_client(host, ctx.settings) as client:
-        return client.head_manifest(path, tag) is not None
+        info = client.head_manifest(path, tag)
+        if info is None or not is_index(info.media_type):
+            return {}
+        return list_children(client.get_manifest(path, tag).body)
 
 
 def _make_image(ctx: _Context, tar: Path, layout: Path, *, arch: str, cmd: str) -> None:
@@ -361,39 +443,44 @@ def _copy_to_registry(ctx: _Context, layout: Path, ref: str) -> tuple[str, int]:
 
 # -- debian ---------------------------------------------------------------------------------
 
-def _seed_debian(ctx: _Context, ref: str) -> list[str]:
-    arch = host_arch()
+def _debian_layout(ctx: _Context, arch: str) -> Path:
     layout = ctx.cache / debian_cache_name(arch)
     if _cached(layout):
         console.info(f"using the cached Debian image {layout}")
     else:
         _make_debian_image(ctx, layout, arch)
-    console.step(f"seeding {ref} from {layout.name}")
-    _copy_to_registry(ctx, layout, ref)
-    return [ref]
+    return layout
 
 
 def _make_debian_image(ctx: _Context, layout: Path, arch: str) -> None:
+    foreign = arch != host_arch()
     if os.geteuid() != 0:
         raise ToolMissingError(
-            "making the offline Debian base image needs root (debootstrap)",
+            f"making the offline Debian base image ({arch}) needs root (debootstrap)",
             hint=f"run as root once (the result is cached in {ctx.cache}), or mirror "
                  "library/debian:bookworm into the registry yourself",
         )
     proc.which("debootstrap")
+    if foreign:
+        _check_foreign(arch)
     mirror = ctx.settings.seed_debian_mirror
     work = Path(tempfile.mkdtemp(prefix="debootstrap-", dir=ctx.cache))
     root = work / "root"
-    console.step(f"creating a Debian {DEBIAN_SUITE} root filesystem with debootstrap "
-                 f"(about a minute, ~300 MB, from {mirror})")
+    console.step(f"creating a Debian {DEBIAN_SUITE} root filesystem for {arch} with debootstrap "
+                 + ("(first stage here, second stage under qemu: about three minutes"
+                    if foreign else "(about a minute")
+                 + f", ~300 MB, from {mirror})")
     started = time.monotonic()
     try:
         try:
-            proc.run(debootstrap_command(root, arch, mirror), error=KilnError,
-                     what="debootstrap", tail_lines=25)
+            proc.run(debootstrap_command(root, arch, mirror, foreign=foreign), error=KilnError,
+                     what="debootstrap" + (" --foreign" if foreign else ""), tail_lines=25)
         except KilnError as exc:
             raise KilnError(exc.message, hint=f"debootstrap needs Debian's apt repository "
                             f"({mirror}); set KILN_SEED_DEBIAN_MIRROR for another mirror") from exc
+        if foreign:
+            _second_stage(root, arch)
+            _unmount_under(work)  # the second stage leaves the root's /proc and /sys mounted
         _tidy_debian_rootfs(root)
         tar = work / "rootfs.tar"
         proc.run(tar_command(root, tar), error=KilnError, what="tar of the root filesystem")
@@ -406,6 +493,40 @@ def _make_debian_image(ctx: _Context, layout: Path, arch: str) -> None:
         _unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
     console.info(f"cached {layout} in {time.monotonic() - started:.0f}s")
+
+
+def _check_foreign(arch: str) -> None:
+    """A foreign root filesystem is finished by running its own binaries: qemu must be ready
+    (the same check a foreign-arch build makes), and chroot must exist."""
+    try:
+        qemu.check_binfmt(arch)
+    except ToolMissingError as exc:
+        raise ToolMissingError(
+            f"cannot make the offline Debian base image for {arch}: {exc.message}",
+            hint=f"{exc.hint}; or mirror library/debian:bookworm (with {arch}) into the "
+                 "registry yourself (KILN_UPSTREAM_REGISTRY)",
+        ) from exc
+    proc.which("chroot")
+
+
+def _second_stage(root: Path, arch: str) -> None:
+    console.step(f"debootstrap second stage for {arch} under qemu "
+                 f"({qemu.handler_name(arch)}: every package script runs emulated)")
+    try:
+        proc.run(second_stage_command(root), error=KilnError,
+                 what=f"debootstrap --second-stage ({arch}, under qemu)", tail_lines=25)
+    except KilnError as exc:
+        log = root / "debootstrap" / "debootstrap.log"
+        detail = ""
+        if log.is_file():
+            lines = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+            detail = "\n  debootstrap.log (last lines):\n" + "\n".join("    " + x for x in lines)
+        raise KilnError(
+            exc.message + detail,
+            hint=f"qemu could not run Debian's {arch} package scripts here; check "
+                 f"`invoke binfmt-register --arch {arch}`, or mirror library/debian:bookworm "
+                 f"with {arch} from Docker Hub (invoke mirror) instead of seeding it",
+        ) from exc
 
 
 def _tidy_debian_rootfs(root: Path) -> None:
@@ -445,30 +566,20 @@ def _unmount_under(path: Path) -> None:
 
 # -- busybox --------------------------------------------------------------------------------
 
-def _seed_busybox(ctx: _Context, ref: str) -> list[str]:
-    console.step(f"seeding {ref} ({' + '.join(BUSYBOX_ARCHES)}) from Debian's busybox-static")
-    binaries = {arch: _busybox_binary(ctx, arch) for arch in BUSYBOX_ARCHES}
-    runnable = binaries.get(host_arch())
-    if runnable is None:
-        raise KilnError(f"no busybox binary for this machine ({host_arch()}) to list applets")
+def _busybox_layout(ctx: _Context, arch: str) -> Path:
+    """The cached busybox image of ``arch`` (made when missing); its applet links are the ones
+    the host's busybox lists."""
+    runnable = _busybox_binary(ctx, host_arch())
     links = busybox_links(_list_applets(runnable))
-    pushed: list[str] = []
-    children: list[tuple[str, int, str]] = []
-    for arch, binary in binaries.items():
-        data = busybox_rootfs_tar(binary.read_bytes(), links)
-        layout = ctx.cache / f"busybox-{arch}-{hashlib.sha256(data).hexdigest()[:12]}"
-        if not _cached(layout):
-            with tempfile.TemporaryDirectory(prefix="busybox-", dir=ctx.cache) as tmp:
-                tar = Path(tmp) / "rootfs.tar"
-                tar.write_bytes(data)
-                _make_image(ctx, tar, layout, arch=arch, cmd='["sh"]')
-        arch_ref = f"{ref}-{arch}"
-        digest, size = _copy_to_registry(ctx, layout, arch_ref)
-        children.append((digest, size, arch))
-        pushed.append(arch_ref)
-    _put_list(ctx, "library/busybox", ref.rpartition(":")[2], manifest_list(children))
-    pushed.append(ref)
-    return pushed
+    binary = runnable if arch == host_arch() else _busybox_binary(ctx, arch)
+    data = busybox_rootfs_tar(binary.read_bytes(), links)
+    layout = ctx.cache / f"busybox-{arch}-{hashlib.sha256(data).hexdigest()[:12]}"
+    if not _cached(layout):
+        with tempfile.TemporaryDirectory(prefix="busybox-", dir=ctx.cache) as tmp:
+            tar = Path(tmp) / "rootfs.tar"
+            tar.write_bytes(data)
+            _make_image(ctx, tar, layout, arch=arch, cmd='["sh"]')
+    return layout
 
 
 def _put_list(ctx: _Context, repository: str, tag: str, body: bytes) -> None:
