@@ -295,7 +295,7 @@ _TOKEN_RE = re.compile(
 )
 # continuation | escaped \\ " ' (cpp skips those, also across a continuation) | one character
 _QUOTE_SCAN_RE = re.compile(rf"\\[ \t]*\n|\\{_SPLICE}[\\\"']|.", re.DOTALL)
-_CLOSED_LITERAL_RE = re.compile(f'"{_literal_body(chr(34))}"|\'{_literal_body(chr(39))}\'')
+_CLOSED_LITERAL_RE = re.compile(f"\"{_literal_body(chr(34))}\"|'{_literal_body(chr(39))}'")
 _OPS = {
     "&&": "CPP_LOGICALAND", "||": "CPP_LOGICALOR", "==": "CPP_EQUALITY", "!=": "CPP_INEQUALITY",
     "<=": "CPP_LESSEQUAL", ">=": "CPP_GREATEREQUAL", "<<": "CPP_LSHIFT", ">>": "CPP_RSHIFT",
