@@ -148,7 +148,7 @@ KILN = _load(REPO_ROOT / "ci" / "kiln.yml")
 PIPELINE = _load(REPO_ROOT / ".gitlab-ci.yml")
 SESSIONS = {
     "publish", "manifest", "tag", "deploy-production", "deploy-production-tag", "deploy-mr",
-    "stop-mr", "mirror", "lint", "tests",
+    "stop-mr", "mirror", "lint", "tests", "prune",
 }
 
 

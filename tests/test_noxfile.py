@@ -31,6 +31,7 @@ TASK_OF = {
     "deploy-mr": "deploy-mr",
     "stop-mr": "stop-mr",
     "mirror": "mirror",
+    "prune": "prune",
     "ci-graph": "ci-graph",
 }
 ALL_SESSIONS = ["lint", "tests", "publish", *TASK_OF]

@@ -11,6 +11,7 @@ request finds out that a registry has none, as distribution 2.8 has not).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,10 +33,8 @@ def parse_created(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
     text = value.strip()
-    if "." in text:  # nanoseconds: Python takes at most microseconds
-        head, _, rest = text.partition(".")
-        digits = "".join(c for c in rest if c.isdigit())
-        text = f"{head}.{digits[:6]}{rest[len(digits):]}"
+    # nanoseconds (Go's time format): Python takes at most microseconds
+    text = re.sub(r"\.(\d{6})\d+", r".\1", text)
     try:
         created = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

@@ -42,6 +42,7 @@ __all__ = [
     "lint",
     "manifest",
     "mirror",
+    "prune",
     "publish",
     "stop_mr",
     "tag",
@@ -148,6 +149,12 @@ def ci_graph(session: Session) -> None:
 def mirror(session: Session) -> None:
     """Mirror the upstream images of the mirror config into our registry (KILN_DRY_RUN: plan only)."""
     _invoke(session, "mirror")
+
+
+@nox.session(python=False, venv_backend="none")
+def prune(session: Session) -> None:
+    """Remove old tags of IMAGE_NAME by its retention policy (KILN_DRY_RUN: the plan only)."""
+    _invoke(session, "prune")
 
 
 def _pyproject(project: Path) -> dict[str, Any]:

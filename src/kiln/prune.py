@@ -11,7 +11,9 @@ The plan is :mod:`kiln.retention`'s, made from one reading of the repository
 3. Digests that only removed tags led to are deleted (indexes, then artifacts, then images);
    deleting a digest removes the tags on it, all of which the plan removes. Just before, the
    tags are listed again: a tag that appeared since the reading protects its digest.
-4. The tags are listed once more: every kept tag must still be there, every removed one gone.
+4. The tags are listed once more: every kept tag must still be there, every removed one gone
+   (a removed tag still listed but pointing at nothing, distribution's delete race, is removed
+   again through a throwaway manifest).
 
 Each step is idempotent. An interrupted run leaves at worst a tag on a throwaway manifest (the
 next run recognises it by its annotation and finishes it) or a digest not yet deleted (the next
@@ -107,6 +109,12 @@ def prune_repository(reg: Registry, policy: Policy, *, now: datetime | None = No
 
     after = set(reg.tags())
     removed = {d.tag for d in plan.removed}
+    dangling = [tag for tag in sorted(removed & after) if reg.head(tag) is None]
+    if dangling:
+        # listed, pointing at nothing: distribution's delete race (docs/host-facts.md);
+        # re-pointing at a throwaway and deleting that clears it
+        throwaway_removal(reg, dangling)
+        after = set(reg.tags())
     vanished = [d for d in plan.kept if d.tag not in after]
     lost = [d for d in vanished if reg.head(d.digest) is None]
     if vanished and not lost:

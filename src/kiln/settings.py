@@ -28,8 +28,8 @@ from kiln.ci_context import CIContext
 from kiln.credentials import parse_build_secret
 from kiln.errors import ConfigError, InputError
 from kiln.redact import Secret as Secret  # re-exported: older imports of kiln.settings.Secret
-from kiln.retention import check_pattern, parse_age, parse_iid, parse_keep
 from kiln.registry.reference import split_repository
+from kiln.retention import check_pattern, parse_age, parse_iid, parse_keep
 
 Kind = Literal["str", "bool", "path", "arch", "arches", "list", "mapping", "secret", "registry",
                "choice", "seconds"]
