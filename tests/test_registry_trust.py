@@ -531,3 +531,35 @@ def test_a_registry_port_outside_1_to_65535_is_refused(tmp_path: Path, prefix: s
     with pytest.raises(ConfigError, match="KILN_REGISTRY: invalid registry host .* port"):
         Settings.resolve(tmp_path, {}, {"KILN_REGISTRY": prefix}, {})
     assert parse_reference("127.0.0.1:65535/app").host == "127.0.0.1:65535"
+
+
+GLPAT = "glpat-" + "Qx7_" * 5  # a GitLab token's shape, in an image label
+
+
+@pytest.mark.real
+def test_tag_and_manifest_refuse_an_image_whose_config_carries_a_credential(
+        tmp_path: Path, registry: RegistryServer) -> None:
+    """The registry-side config scan is wired into tag (one config GET) and manifest (the
+    configs it reads anyway): exit 2, the finding named (the token masked), nothing written."""
+    from conftest import require_tool
+
+    require_tool("skopeo", "skopeo")
+    host = registry.address
+    push_test_image(tmp_path, f"{host}/app:p-9", label=GLPAT)
+    push_test_image(tmp_path, f"{host}/app:p-9-amd64", arch="amd64", label="clean")
+    push_test_image(tmp_path, f"{host}/app:p-9-arm64", arch="arm64", label=GLPAT)
+    before = tags_of(host)
+    mark = registry.log_mark()
+    tagged = run_kiln(tmp_path, "tag", env=ci_env(host))
+    assert tagged.returncode == 2, tagged.stderr
+    assert f"refusing to tag {host}/app:p-9: its config carries credentials" in tagged.stderr
+    assert "config Labels: 'test' value is a GitLab token" in tagged.stderr
+    assert GLPAT not in tagged.stdout + tagged.stderr
+    assert not [r for r in registry.requests_since(mark) if r.method == "PUT"]
+    assembled = run_kiln(tmp_path, "manifest", env=ci_env(host, IMAGE_ARCHES="amd64 arm64"))
+    assert assembled.returncode == 2, assembled.stderr
+    assert f"refusing to assemble {host}/app:p-9: its config carries" in assembled.stderr
+    assert "[arm64]" in assembled.stderr and GLPAT not in assembled.stderr
+    assert tags_of(host) == before
+    allowed = run_kiln(tmp_path, "tag", env=ci_env(host, KILN_SECRET_ALLOW="test"))
+    assert allowed.returncode == 2  # a token's shape is refused whatever its name

@@ -8,7 +8,9 @@ Every operation here moves manifests, never layers (``docs/tags.md``,
   those digests. The children were just read, so everything the index references exists before
   it is written.
 * ``tag`` / ``deploy-*`` read ``p-<id>`` once and PUT the same bytes under each new tag: one GET,
-  one PUT per tag, no blob request. A PUT of identical bytes is a no-op for the registry's
+  one PUT per tag, and one config GET per image (for an index, per child, after its manifest
+  GET) to refuse an image whose config carries a credential (:mod:`kiln.image_scan`).
+  A PUT of identical bytes is a no-op for the registry's
   content, so a rerun converges without a HEAD per tag.
 * ``stop-mr`` removes ``mr-<iid>`` and nothing else. The distribution API deletes manifests by
   *digest*, and deleting a digest removes every tag on it (``p-``, ``g-``, ``latest`` ... share
@@ -45,7 +47,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kiln import console, skopeo
+from kiln import console, image_scan, skopeo
 from kiln import referrers as artifacts
 from kiln.arch import normalize_arch
 from kiln.ci_context import CIContext
@@ -272,8 +274,13 @@ def plan_index(children: Sequence[Child], where: str) -> Manifest:
     return Manifest.from_bytes(media.build_index(index_type, descriptors), index_type)
 
 
-def assemble_index(reg: Registry, ci: CIContext, arches: Sequence[str]) -> Result:
-    """Read ``p-<id>-<arch>`` for each arch, write the index ``p-<id>`` (one PUT)."""
+def assemble_index(reg: Registry, ci: CIContext, arches: Sequence[str], *,
+                   secret_allow: Sequence[str] | None = None) -> Result:
+    """Read ``p-<id>-<arch>`` for each arch, write the index ``p-<id>`` (one PUT).
+
+    With ``secret_allow`` (the ``manifest`` task passes the setting), the configs just read are
+    also scanned for credentials (:func:`kiln.image_scan.refuse_credentials`): an image that
+    carries one gets no index, nothing is written."""
     if not arches:
         raise InputError("no architectures to assemble",
                          hint="set IMAGE_ARCHES (e.g. IMAGE_ARCHES='amd64 arm64') or --arches")
@@ -292,8 +299,12 @@ def assemble_index(reg: Registry, ci: CIContext, arches: Sequence[str]) -> Resul
                              hint="manifest assembles the per-arch images pushed by build-arch")
         config = reg.get_config(media.config_descriptor(manifest.body, f"{reg.name}:{tag}").digest)
         children.append(Child(arch, tag, manifest, config))
-    index = plan_index(children, reg.name)
     target = source_tag(ci)
+    if secret_allow is not None:
+        image_scan.refuse_credentials([(c.arch, c.config) for c in children],
+                                      f"{reg.name}:{target}", action="assemble",
+                                      allow=secret_allow)
+    index = plan_index(children, reg.name)
     reg.put(target, index)
     return Result(reg.name, target, index.digest, "planned" if reg.dry_run else "written")
 
@@ -577,6 +588,10 @@ def promote(
             raise InputError(f"{source}:{source_ref} cannot be read: {exc.message}",
                              hint="build (and for several arches, manifest) must run first; "
                                   "nothing was written") from exc
+        # no tag for an image whose config carries a credential (one config GET per image)
+        image_scan.refuse_credentials(
+            image_scan.manifest_configs(src, manifest, f"{source}:{source_ref}"),
+            f"{source}:{source_ref}", action="tag", allow=settings.secret_allow)
         results: list[Result] = []
         for dest in destinations:
             reg = Registry(client(dest.host), dest.repository, dry_run=settings.dry_run, log=log)

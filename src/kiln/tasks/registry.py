@@ -97,7 +97,8 @@ def manifest(c: Any, settings: Settings) -> None:
                          f"{' '.join(settings.arches) or '(no architectures)'}"), \
             RegistryClient.from_settings(dest.host, settings) as client:
         reg = Registry(client, dest.repository, dry_run=settings.dry_run, log=_log(settings))
-        result = promote.assemble_index(reg, settings.ci, settings.arches)
+        result = promote.assemble_index(reg, settings.ci, settings.arches,
+                                        secret_allow=settings.secret_allow)
     _report(settings, "manifest", [result])
 
 
