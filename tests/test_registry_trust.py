@@ -563,3 +563,22 @@ def test_tag_and_manifest_refuse_an_image_whose_config_carries_a_credential(
     assert tags_of(host) == before
     allowed = run_kiln(tmp_path, "tag", env=ci_env(host, KILN_SECRET_ALLOW="test"))
     assert allowed.returncode == 2  # a token's shape is refused whatever its name
+
+
+@pytest.mark.tool
+def test_a_secret_refusal_points_at_the_build_file_line(tmp_path: Path) -> None:
+    """The refusal names the .in line (and the include's line), not only the generated
+    Containerfile's."""
+    (tmp_path / "builds").mkdir()
+    (tmp_path / "includes").mkdir()
+    (tmp_path / "includes" / "npm-login").write_text(
+        f'RUN npm config set //registry.npmjs.org/:_authToken "{GLPAT}"\n')
+    (tmp_path / "builds" / "app.in").write_text(
+        '/* app */\n#define BASE scratch\n\nFROM BASE\nENV NPM_TOKEN=abc123\n'
+        '#include "npm-login"\n')
+    done = run_kiln(tmp_path, "build", "--dry-run", env={"IMAGE_NAME": "app",
+                                                         "KILN_REGISTRY": "127.0.0.1:5000"})
+    assert done.returncode == 2, done.stderr
+    assert "builds/app.in:5 (Containerfile " in done.stderr
+    assert "includes/npm-login:1 (Containerfile " in done.stderr
+    assert GLPAT not in done.stdout + done.stderr

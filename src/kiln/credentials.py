@@ -104,18 +104,47 @@ def _pairs(arguments: str, *, legacy: bool) -> list[tuple[str, str]]:
     return pairs
 
 
-def check_containerfile(text: str, path: str, *, allow: Iterable[str] = ()) -> list[Finding]:
+def source_line(line: str, needles: Sequence[str], sources: Mapping[str, str]) -> str | None:
+    """Where a Containerfile line came from, as ``file:line`` of ``sources`` (name -> text, the
+    build file first, then its includes): the first source line equal to it, else the first
+    one that contains every needle (the token, or the ENV/LABEL/ARG name). ``None`` when no
+    source line matches (a macro expansion built it). The preprocessor keeps no line origins;
+    text matching is enough for what a credential refusal points at."""
+    wanted = line.strip()
+    for match_whole in (True, False):
+        for name, source in sources.items():
+            for number, candidate in enumerate(source.splitlines(), start=1):
+                text = candidate.strip()
+                if (text == wanted if match_whole
+                        else needles and all(n in candidate for n in needles)):
+                    return f"{name}:{number}"
+    return None
+
+
+def check_containerfile(text: str, path: str, *, allow: Iterable[str] = (),
+                        sources: Mapping[str, str] | None = None) -> list[Finding]:
     """Findings in a preprocessed Containerfile (``path`` names it in messages, with lines).
 
     ``ENV``/``LABEL`` with a credential-looking name and a value, ``ARG`` with such a name and a
     default, and any known token shape in any instruction or heredoc body. An ``ARG NPM_TOKEN``
-    without a default is fine (build args are checked by :func:`check_build_args`).
+    without a default is fine (build args are checked by :func:`check_build_args`). With
+    ``sources`` (the build file and includes, name -> text) each finding also names the source
+    line it came from (:func:`source_line`), the line to fix.
     """
     allow = tuple(allow)
     findings: list[Finding] = []
+    lines = text.splitlines()
     for instruction in instructions(text):
         keyword = instruction.keyword
         where = f"{path}:{instruction.line} {keyword}"
+        if sources:
+            first = lines[instruction.line - 1] if 0 < instruction.line <= len(lines) else ""
+            needles = [instruction.arguments[m.start:m.end]
+                       for m in find_tokens(instruction.arguments)] or [
+                name for name, _ in _pairs(instruction.arguments, legacy=keyword == "ENV")[:1]]
+            origin = source_line(first, needles, sources)
+            if origin is not None:
+                where = f"{origin} (Containerfile {path}:{instruction.line}) {keyword}"
         seen_token = False
         if keyword in {"ENV", "LABEL", "ARG"}:
             for name, value in _pairs(instruction.arguments, legacy=keyword == "ENV"):
@@ -252,14 +281,18 @@ def refuse(findings: Sequence[Finding], what: str, *, hint_prefix: str = "") -> 
 
 def check_build_inputs(image: str, containerfile_text: str, containerfile: str,
                        build_args: Mapping[str, str], *, labels: Mapping[str, str] | None = None,
-                       allow: Iterable[str] = (), build_file: str | None = None) -> None:
+                       allow: Iterable[str] = (), build_file: str | None = None,
+                       sources: Mapping[str, str] | None = None) -> None:
     """Before a build: refuse credential-looking build args, labels kiln sets, and Containerfile
     ENV/LABEL/ARG values or token shapes (:class:`SecretInImage`, exit code 2; nothing is
-    built). ``build_file`` (``builds/<image>.in``) is named in the message."""
+    built). ``build_file`` (``builds/<image>.in``) is named in the message; with ``sources``
+    (name -> text of the build file and its includes) each Containerfile finding points at its
+    source line (:func:`source_line`)."""
     allow = tuple(allow)
     findings = check_build_args(build_args, where=f"build arg of {image}", allow=allow)
     findings += check_build_args(labels or {}, where="label kiln sets", allow=allow)
-    findings += check_containerfile(containerfile_text, containerfile, allow=allow)
+    findings += check_containerfile(containerfile_text, containerfile, allow=allow,
+                                    sources=sources)
     source = f" ({build_file})" if build_file else ""
     refuse(findings, f"refusing to build {image}{source}; nothing was built or pushed")
 

@@ -468,7 +468,27 @@ def refuse_credentials(settings: Settings, steps: Sequence[Step],
         credentials.check_build_inputs(step.image, step.text, str(containerfile),
                                        step.build_args, labels=labels,
                                        allow=settings.secret_allow,
-                                       build_file=f"builds/{step.image}.in")
+                                       build_file=f"builds/{step.image}.in",
+                                       sources=build_sources(settings, step.image))
+
+
+def build_sources(settings: Settings, image: str) -> dict[str, str]:
+    """The build file and the repository's includes, name -> text: where a credential refusal
+    points (:func:`kiln.credentials.source_line`; the Containerfile has no line origins)."""
+    files = [settings.builds_dir / f"{image}.in"]
+    if settings.includes_dir.is_dir():
+        files += sorted(p for p in settings.includes_dir.rglob("*") if p.is_file())
+    sources: dict[str, str] = {}
+    for path in files:
+        try:
+            name = str(path.relative_to(settings.project_dir))
+        except ValueError:
+            name = str(path)
+        try:
+            sources[name] = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+    return sources
 
 
 def refuse_secret_config(settings: Settings, step: Step, config: Mapping[str, object]) -> None:
