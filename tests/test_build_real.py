@@ -204,7 +204,8 @@ def test_same_base_is_reused_by_key_and_no_deps_is_honoured(
                       f"/v2/{repo}/app/manifests/k-{(results[1].key or '')[7:39]}"}
     containerfile = (settings.state_dir / "build" / "app" / "Containerfile").read_text()
     assert f"FROM {registry}/base@{first[0].digest}" in containerfile
-    assert inspect(f"{registry}/app:p-7")["Labels"]["dev.kiln.input-key"] == results[1].key
+    labels = inspect(f"{registry}/app:p-7")["Labels"]
+    assert isinstance(labels, dict) and labels["dev.kiln.input-key"] == results[1].key
 
     # --no-deps: app alone, FROM whatever BASE_IMAGE_TAG names (p-6 here), nothing else written
     mark = shared_registry.log_mark()

@@ -17,6 +17,7 @@ import http.server
 import json
 import os
 import subprocess
+import sys
 import threading
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -26,6 +27,7 @@ import pytest
 
 from conftest import REPO_ROOT, require_tool
 from kiln import build, qemu, seed
+from kiln.arch import host_arch
 from kiln.local_registry import RegistryServer
 from kiln.settings import Settings
 from test_seed import SEED_CACHE, unmount_storage
@@ -70,7 +72,7 @@ def make_settings(project: Path, storage: Mapping[str, Path], registry: str, sta
 def seeded(images_registry: RegistryServer, storage: dict[str, Path],
            tmp_path_factory: pytest.TempPathFactory) -> str:
     """The registry with ``mirror/library/debian:bookworm`` and ``mirror/library/busybox``."""
-    have_debian = any(SEED_CACHE.glob(f"{seed.debian_cache_name(seed.host_arch())}/manifest.json"))
+    have_debian = any(SEED_CACHE.glob(f"{seed.debian_cache_name(host_arch())}/manifest.json"))
     if not have_debian:
         if os.geteuid() != 0:
             message = "the offline Debian image needs root once (debootstrap)"
@@ -88,8 +90,8 @@ def seeded(images_registry: RegistryServer, storage: dict[str, Path],
 @pytest.fixture(scope="module")
 def backend_build(seeded: str, storage: dict[str, Path],
                   tmp_path_factory: pytest.TempPathFactory) -> list[build.BuildResult]:
-    """``build --image backend`` in this repository: base and python are missing, so kiln
-    builds them first (dependency order from the FROM lines of the building blocks)."""
+    """``build --image backend`` in this repository: base and python are in its graph (the
+    FROM lines of the building blocks), so kiln builds them first; nothing is reused yet."""
     settings = make_settings(REPO_ROOT, storage, seeded, tmp_path_factory.mktemp("state"))
     return build.build(settings, "backend")
 
@@ -126,11 +128,13 @@ def test_seeded_debian_is_a_bookworm_python_base(seeded: str, storage: dict[str,
     ref = f"{seeded}/mirror/library/debian:bookworm"
     raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
                          capture_output=True, check=True).stdout
-    assert json.loads(raw)["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    # A manifest list, as on Docker Hub (foreign-arch builds add their child to it).
+    assert json.loads(raw)["mediaType"] == \
+        "application/vnd.docker.distribution.manifest.list.v2+json"
     config = json.loads(subprocess.run(
         ["skopeo", "inspect", "--config", "--raw", "--tls-verify=false", f"docker://{ref}"],
         capture_output=True, check=True).stdout)
-    assert config["architecture"] == seed.host_arch() and config["config"]["Cmd"] == ["bash"]
+    assert config["architecture"] == host_arch() and config["config"]["Cmd"] == ["bash"]
     assert config["created"] == "2023-06-10T00:00:00Z"
     buildah(storage, "pull", "--tls-verify=false", "--quiet", ref)
     out = run_in(storage, ref, "sh", "-c",
@@ -155,12 +159,14 @@ def test_seeded_debian_is_a_bookworm_python_base(seeded: str, storage: dict[str,
         buildah(storage, "rm", container, check=False)
 
 
-def test_seeding_again_is_one_head_per_image(seeded: str, images_registry: RegistryServer,
+def test_seeding_again_only_reads_each_list(seeded: str, images_registry: RegistryServer,
                                              storage: dict[str, Path], tmp_path: Path) -> None:
     mark = images_registry.log_mark()
     settings = make_settings(REPO_ROOT, storage, seeded, tmp_path)
     assert seed.seed_upstream(settings, seeded, cache_dir=SEED_CACHE) == []
     assert sorted((r.method, r.path) for r in images_registry.requests_since(mark)) == [
+        ("GET", "/v2/mirror/library/busybox/manifests/latest"),
+        ("GET", "/v2/mirror/library/debian/manifests/bookworm"),
         ("HEAD", "/v2/mirror/library/busybox/manifests/latest"),
         ("HEAD", "/v2/mirror/library/debian/manifests/bookworm"),
     ]
@@ -170,10 +176,10 @@ def test_seeding_again_is_one_head_per_image(seeded: str, images_registry: Regis
 
 def test_backend_builds_base_and_python_first(backend_build: list[build.BuildResult],
                                               seeded: str) -> None:
-    assert [(r.image, r.ref, r.pushed, r.dependency) for r in backend_build] == [
-        ("base", f"{seeded}/base:p-local", True, True),
-        ("python", f"{seeded}/python:p-local", True, True),
-        ("backend", f"{seeded}/backend:p-local", True, False),
+    assert [(r.image, r.ref, r.pushed, r.dependency, r.reused) for r in backend_build] == [
+        ("base", f"{seeded}/base:p-local", True, True, False),
+        ("python", f"{seeded}/python:p-local", True, True, False),
+        ("backend", f"{seeded}/backend:p-local", True, False, False),
     ]
     for result in backend_build:
         raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
@@ -218,6 +224,37 @@ def test_base_has_the_app_user_and_utf8(backend_build: list[build.BuildResult],
     assert run_in(storage, base, "sh", "-c", "id app; echo $LANG $TZ") == \
         "uid=1000(app) gid=1000(app) groups=1000(app)\nC.UTF-8 UTC"
     assert image_config(storage, base).get("User", "") in ("", None)
+
+
+def test_publish_in_a_second_pipeline_builds_nothing_and_keeps_the_digests(
+        backend_build: list[build.BuildResult], seeded: str, tmp_path: Path) -> None:
+    """The README's main command, ``IMAGE_NAME=backend nox -s publish``, in a fresh pipeline
+    (new pipeline id, empty container storage, empty state): every image's input key is in
+    the registry, so p-<id> of base, python and backend are manifest copies of the first
+    pipeline's images; buildah is never run."""
+    from helpers.run import clean_env
+
+    env = clean_env({
+        "CI": "true", "CI_PIPELINE_ID": "2002", "IMAGE_NAME": "backend",
+        "KILN_REGISTRY": seeded, "KILN_UPSTREAM_REGISTRY": f"{seeded}/mirror",
+        "KILN_STATE_DIR": str(tmp_path / "state"), "STORAGE_DRIVER": DRIVER,
+        "KILN_STORAGE_ROOT": str(tmp_path / "storage" / "root"),
+        "KILN_STORAGE_RUNROOT": str(tmp_path / "storage" / "runroot"),
+    })
+    done = subprocess.run([sys.executable, "-m", "nox", "-s", "publish", "--", "--json"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+                          stdin=subprocess.DEVNULL, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    document = json.loads(done.stdout[done.stdout.index("{"):])
+    reused = {r["name"]: r["digest"] for r in document["results"] if r["action"] == "reused"}
+    assert reused == {r.image: r.digest for r in backend_build}
+    assert "STEP 1/" not in done.stdout + done.stderr  # nothing was built
+    assert not (tmp_path / "storage" / "root").exists()
+    for result in backend_build:
+        ref = f"{seeded}/{result.image}:p-2002"
+        raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                              f"docker://{ref}"], capture_output=True, check=True).stdout
+        assert "sha256:" + hashlib.sha256(raw).hexdigest() == result.digest
 
 
 # -- python-requirements: requirements.txt only, and both --------------------------------------
