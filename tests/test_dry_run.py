@@ -73,6 +73,12 @@ CASES: dict[str, DryRun] = {
                           r"docker://{host}/library/alpha@sha256:[0-9a-f]{{64}} "
                           r"docker://{host}/mirror/library/alpha:1")),
     "lint-refs": DryRun((), ()),
+    "prune": DryRun(("--match", "mr-*", "--keep", "0", "--older-than", "0d"), (
+        r"^TAG +DIGEST +AGE +ACTION +WHY$",
+        r"^mr-4 +sha256:[0-9a-f]{{12}} +\S+ +remove +older than",
+        r"^p-7 +sha256:[0-9a-f]{{12}} +\S+ +keep +matches no pattern")),
+    "tags": DryRun((), (r"^TAGS +DIGEST +ARCH +CREATED +SIZE$",
+                        r"^mr-4 +sha256:[0-9a-f]{{12}} +amd64 ")),
 }
 
 

@@ -65,6 +65,9 @@ class Reader:
         return f"{self.client.host}/{self.repository}"
 
     def read(self, *, progress: Callable[[int, int], None] | None = None) -> RepositoryState:
+        """The tags, each tag's manifest, each distinct digest's facts; one request at a time
+        (measured: parallel reads gained nothing on a loaded 2-core host and made the request
+        counts vary)."""
         tags: dict[str, str] = {}
         listed = self.client.list_tags(self.repository)
         for number, tag in enumerate(sorted(listed), 1):

@@ -94,7 +94,7 @@ class Policy:
     source: str = "defaults"
 
     def describe(self) -> str:
-        age = _age_text(self.older_than) if self.older_than else "any age"
+        age = _duration_text(self.older_than) if self.older_than else "any age"
         text = (f"match {' '.join(self.match)}; keep the newest {self.keep} of each; keep "
                 f"anything younger than {age}")
         if self.keep_tags:
@@ -288,6 +288,15 @@ class PrunePlan:
         return tuple(d for d in self.decisions if d.action == "keep")
 
 
+def _duration_text(delta: timedelta) -> str:
+    """A policy's age as it would be written: the largest unit that divides it (30d, 2w)."""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def _age_text(delta: timedelta) -> str:
     seconds = int(delta.total_seconds())
     if seconds < 0:
@@ -364,9 +373,9 @@ def plan_prune(state: RepositoryState, policy: Policy, now: datetime,
         elif created is None:
             keep[tag], why[tag] = True, "creation time unknown"
         elif policy.older_than and now - created < policy.older_than:
-            keep[tag], why[tag] = True, f"younger than {_age_text(policy.older_than)}"
+            keep[tag], why[tag] = True, f"younger than {_duration_text(policy.older_than)}"
         else:
-            age = _age_text(policy.older_than) if policy.older_than else "any age"
+            age = _duration_text(policy.older_than) if policy.older_than else "any age"
             keep[tag], why[tag] = False, f"older than {age}, not among the newest {policy.keep}"
 
     ordinary = [t for t in state.tags if t not in artifacts and t in keep
