@@ -31,6 +31,7 @@ from kiln.local_registry import RegistryServer
 from kiln.preprocess import preprocess_text
 from kiln.settings import Settings
 from test_images_real import package_index, run_in, tiny_wheel  # noqa: F401  (fixture, helpers)
+from test_run_image import workflow_settings
 from test_seed import SEED_CACHE, unmount_storage
 
 PACKAGE_INCLUDES = Path(preprocess.__file__).resolve().parent / "includes"
@@ -122,25 +123,23 @@ def write_app(root: Path, name: str, files: dict[str, str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def python_image(buildah_storage: dict[str, Path],
+def python_image(shared_registry: RegistryServer, buildah_storage: dict[str, Path],
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Our python image (and base) built by kiln into a registry of this module, tag p-local;
-    the settings that point a project at it."""
+    """Our python image (and base) built by kiln into the session's registry under
+    ``workflow/``, tag p-local (the same build as tests/test_run_image.py's, so the layer
+    cache serves whichever comes second); the settings that point a project at it."""
     for tool, package in (("buildah", "buildah"), ("skopeo", "skopeo")):
         require_tool(tool, package)
     if os.geteuid() != 0 and not list(SEED_CACHE.glob("debian-bookworm-*/manifest.json")):
         pytest.skip("the offline Debian image needs root once (debootstrap)")
-    with RegistryServer(tmp_path_factory.mktemp("documented-registry")) as registry:
-        address = registry.address
-        values = {"state_dir": str(tmp_path_factory.mktemp("state")),
-                  "storage_root": str(buildah_storage["root"]),
-                  "storage_runroot": str(buildah_storage["runroot"]), "storage_driver": DRIVER,
-                  "registry": address, "upstream_registry": f"{address}/mirror"}
-        settings = Settings.resolve(REPO_ROOT, {}, {}, values)
-        seed.seed_upstream(settings, address, names=["library/debian:bookworm"],
-                           cache_dir=SEED_CACHE)
-        build.build(settings, "python")
-        yield {key: str(value) for key, value in values.items() if key != "state_dir"}
+    settings = workflow_settings(shared_registry, buildah_storage,
+                                 tmp_path_factory.mktemp("state"))
+    seed.seed_upstream(settings, shared_registry.address, names=["library/debian:bookworm"],
+                       cache_dir=SEED_CACHE)
+    build.build(settings, "python")
+    yield {"registry": str(settings.registry), "upstream_registry": settings.upstream_registry,
+           "storage_root": str(buildah_storage["root"]),
+           "storage_runroot": str(buildah_storage["runroot"]), "storage_driver": DRIVER}
     unmount_storage(buildah_storage)
 
 

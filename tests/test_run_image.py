@@ -132,30 +132,38 @@ def test_no_image_and_no_registry_says_build_it_first(tmp_path: Path) -> None:
 # -- real: the backend image ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def built_backend(buildah_storage: dict[str, Path],
+def built_backend(shared_registry: RegistryServer, buildah_storage: dict[str, Path],
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """backend (and base, python) built by kiln into a registry of this module; the
-    environment that makes ``invoke run`` use that registry and this session's storage."""
+    """backend (and base, python) built by kiln into the session's registry under
+    ``workflow/`` (tests/test_build_file_documented.py builds python there too: same build
+    args, so buildah's layer cache serves the second); the environment that makes ``invoke
+    run`` use that registry and this session's storage."""
     for tool, package in (("buildah", "buildah"), ("skopeo", "skopeo")):
         require_tool(tool, package)
     if os.geteuid() != 0 and not list(SEED_CACHE.glob("debian-bookworm-*/manifest.json")):
         pytest.skip("the offline Debian image needs root once (debootstrap)")
-    with RegistryServer(tmp_path_factory.mktemp("run-registry")) as registry:
-        address = registry.address
-        state = tmp_path_factory.mktemp("run-state")
-        values = {"state_dir": str(state), "storage_root": str(buildah_storage["root"]),
-                  "storage_runroot": str(buildah_storage["runroot"]), "storage_driver": DRIVER,
-                  "registry": address, "upstream_registry": f"{address}/mirror"}
-        settings = Settings.resolve(REPO_ROOT, {}, {}, values)
-        seed.seed_upstream(settings, address, names=["library/debian:bookworm"],
-                           cache_dir=SEED_CACHE)
-        results = build.build(settings, "backend")
-        assert results[-1].ref == f"{address}/backend:p-local"
-        yield {"KILN_REGISTRY": address, "KILN_STATE_DIR": str(state),
-               "KILN_STORAGE_ROOT": str(buildah_storage["root"]),
-               "KILN_STORAGE_RUNROOT": str(buildah_storage["runroot"]),
-               "STORAGE_DRIVER": DRIVER}
+    settings = workflow_settings(shared_registry, buildah_storage,
+                                 tmp_path_factory.mktemp("run-state"))
+    seed.seed_upstream(settings, shared_registry.address, names=["library/debian:bookworm"],
+                       cache_dir=SEED_CACHE)
+    results = build.build(settings, "backend")
+    assert results[-1].ref == f"{settings.registry}/backend:p-local"
+    yield {"KILN_REGISTRY": str(settings.registry), "KILN_STATE_DIR": str(settings.state_dir),
+           "KILN_STORAGE_ROOT": str(buildah_storage["root"]),
+           "KILN_STORAGE_RUNROOT": str(buildah_storage["runroot"]),
+           "STORAGE_DRIVER": DRIVER}
     unmount_storage(buildah_storage)
+
+
+def workflow_settings(registry: RegistryServer, storage: dict[str, Path], state: Path,
+                      project: Path = REPO_ROOT, **values: object) -> Settings:
+    """Settings of this repository (or ``project``) building into ``<registry>/workflow`` with
+    the offline mirror of the same registry, in the session's storage."""
+    return Settings.resolve(project, {}, {}, {
+        "state_dir": str(state), "storage_root": str(storage["root"]),
+        "storage_runroot": str(storage["runroot"]), "storage_driver": DRIVER,
+        "registry": f"{registry.address}/workflow",
+        "upstream_registry": f"{registry.address}/mirror", **values})
 
 
 @pytest.mark.real
