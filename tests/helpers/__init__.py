@@ -4,4 +4,5 @@
 - ``mirror_support``: tiny images and a rate-limit/fault proxy for the mirror tests and benchmark;
 - ``images``: real images pushed with skopeo; ``run``: kiln's tasks as a subprocess;
 - ``secure``: TLS and token registries; ``fault_proxy``: a fault-injecting registry proxy.
+- ``gnu_cpp``: GNU cpp, the reference for kiln's preprocessor (skipped locally, required in CI).
 """
