@@ -464,7 +464,9 @@ def _make_debian_image(ctx: _Context, layout: Path, arch: str) -> None:
     if foreign:
         _check_foreign(arch)
     mirror = ctx.settings.seed_debian_mirror
-    work = Path(tempfile.mkdtemp(prefix="debootstrap-", dir=ctx.cache))
+    # Outside the cache (and so outside a project's .kiln): debootstrap mounts /proc and /sys
+    # inside the root it makes, and tools walking the project must not meet them.
+    work = Path(tempfile.mkdtemp(prefix="kiln-debootstrap-", dir=_scratch_dir()))
     root = work / "root"
     console.step(f"creating a Debian {DEBIAN_SUITE} root filesystem for {arch} with debootstrap "
                  + ("(first stage here, second stage under qemu: about three minutes"
@@ -493,6 +495,12 @@ def _make_debian_image(ctx: _Context, layout: Path, arch: str) -> None:
         _unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
     console.info(f"cached {layout} in {time.monotonic() - started:.0f}s")
+
+
+def _scratch_dir() -> str:
+    """Where a root filesystem is made: ``$TMPDIR``, else /var/tmp (large files, on disk)."""
+    return os.environ.get("TMPDIR") or ("/var/tmp" if os.path.isdir("/var/tmp") else
+                                        tempfile.gettempdir())
 
 
 def _check_foreign(arch: str) -> None:
