@@ -5,9 +5,13 @@ The registry side (listing tags, mirroring what is selected) is in test_mirror_r
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from kiln.mirror.config import MirrorConfig, parse_config
+from kiln.errors import ConfigError
+from kiln.mirror.config import MirrorConfig, RateLimitPolicy, parse_config
 from kiln.mirror.plan import (
     Action,
     ProbeError,
@@ -17,8 +21,21 @@ from kiln.mirror.plan import (
     plan_image,
     wanted_digest,
 )
+from kiln.mirror.ratelimit import RateLimitGate
+from kiln.mirror.run import (
+    COPIED,
+    RETAGGED,
+    SKIPPED,
+    MirrorReport,
+    format_report,
+    load_for_run,
+    run_mirror,
+)
 from kiln.mirror.tagsets import RuleError, TagRule, is_version
-from kiln.registry.media import DOCKER_MANIFEST, ManifestInfo
+from kiln.registry import access
+from kiln.registry.media import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Manifest, ManifestInfo
+from kiln.registry.reference import ImageRef, parse_reference
+from kiln.settings import Settings
 
 A = "sha256:" + "a" * 64
 B = "sha256:" + "b" * 64
@@ -215,3 +232,146 @@ def test_children_to_fetch_only_missing() -> None:
     assert update.fetch == (B, C) and update.present == (A,)
     assert update.pulls == 3  # the index and two children
     assert children_to_fetch([A], {A: head(A)}).pulls == 1
+
+
+# -- the runner's pull floor, with fakes for the registries (no process, no socket) ------------
+
+class FakeRegistries:
+    """Two registries in memory: manifests by (host, repository, reference); counts source GETs
+    the way Docker Hub does (manifest GETs at the source host)."""
+
+    def __init__(self) -> None:
+        self.manifests: dict[tuple[str, str, str], Manifest] = {}
+        self.source_gets: list[str] = []
+        self.puts: list[str] = []
+
+    def store(self, host: str, repo: str, manifest: Manifest, *tags: str) -> None:
+        for reference in (manifest.digest, *tags):
+            self.manifests[(host, repo, reference)] = manifest
+
+    def head(self, ref: ImageRef, reference: str) -> ManifestInfo | None:
+        found = self.manifests.get((ref.host, ref.repository, reference))
+        return None if found is None else ManifestInfo(found.digest, found.media_type,
+                                                       len(found.body))
+
+    def list_tags(self, ref: ImageRef) -> list[str]:
+        return sorted({r for h, repo, r in self.manifests
+                       if (h, repo) == (ref.host, ref.repository) and ":" not in r})
+
+    def get_manifest(self, ref: ImageRef, reference: str) -> Manifest:
+        if ref.host == "src.example.com":
+            self.source_gets.append(reference)
+        return self.manifests[(ref.host, ref.repository, reference)]
+
+    def put_manifest(self, ref: ImageRef, reference: str, manifest: Manifest) -> str:
+        self.puts.append(f"{ref.name}:{reference}")
+        self.store(ref.host, ref.repository, manifest, reference)
+        return manifest.digest
+
+
+class FakeCopier:
+    """skopeo, as far as the runner can tell: one source GET per manifest copied."""
+
+    def __init__(self, registries: FakeRegistries) -> None:
+        self.registries = registries
+        self.copies: list[str] = []
+
+    def copy(self, source: ImageRef, destination: ImageRef) -> str:
+        assert source.digest is not None and destination.tag is not None
+        manifest = self.registries.get_manifest(source, source.digest)
+        self.copies.append(source.digest)
+        self.registries.store(destination.host, destination.repository, manifest, destination.tag)
+        return manifest.digest
+
+    def copy_to(self, source: str, destination: str, what: str) -> str:
+        src = parse_reference(source.removeprefix("docker://"))
+        dst = parse_reference(destination.removeprefix("docker://"))
+        assert src.digest is not None
+        manifest = self.registries.get_manifest(src, src.digest)
+        self.copies.append(src.digest)
+        self.registries.store(dst.host, dst.repository, manifest)
+        return manifest.digest
+
+
+def image_manifest(label: str) -> Manifest:
+    return Manifest.from_bytes(json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+                                           "config": {"digest": label}}).encode())
+
+
+def index_manifest(children: list[Manifest]) -> Manifest:
+    return Manifest.from_bytes(json.dumps({
+        "schemaVersion": 2, "mediaType": DOCKER_MANIFEST_LIST,
+        "manifests": [{"mediaType": DOCKER_MANIFEST, "digest": c.digest, "size": len(c.body)}
+                      for c in children]}).encode())
+
+
+def run_fake(registries: FakeRegistries, text: str) -> MirrorReport:
+    conf = parse_config(text, "mirrors.yml", {"REGISTRY": "dst.example.com"})
+    listings = {n: registries.list_tags(s.source) for n, s in enumerate(conf.tag_sets)}
+    images = expand_tag_sets(conf, listings).images
+    return run_mirror(images, head=registries.head, copier=FakeCopier(registries),
+                      gate=RateLimitGate(RateLimitPolicy(floor=0)), jobs=1,
+                      registries=registries)
+
+
+def test_changed_index_fetches_the_index_and_the_new_child_only() -> None:
+    fake = FakeRegistries()
+    children = [image_manifest(arch) for arch in ("amd64", "arm64", "arm", "ppc64le")]
+    for child in children:
+        fake.store("src.example.com", "library/multi", child)
+    fake.store("src.example.com", "library/multi", index_manifest(children), "latest")
+    text = "images: ['src.example.com/library/multi:latest']\n"
+    cold = run_fake(fake, text)
+    assert cold.outcomes[0].status == COPIED and cold.pulls() == {"src.example.com": 5}
+    changed = [children[0], image_manifest("arm64 v2"), *children[2:]]
+    fake.store("src.example.com", "library/multi", changed[1])
+    new_index = index_manifest(changed)
+    fake.store("src.example.com", "library/multi", new_index, "latest")
+    fake.source_gets.clear()
+    report = run_fake(fake, text)
+    assert fake.source_gets == [new_index.digest, changed[1].digest]  # goal: 2 GETs
+    assert report.pulls() == {"src.example.com": 2}
+    assert "1 of 4 child manifest(s) fetched, 3 at the destination already" in \
+        report.outcomes[0].message
+    assert fake.manifests[("dst.example.com", "mirror/library/multi", "latest")] == new_index
+    fake.source_gets.clear()
+    assert run_fake(fake, text).outcomes[0].status == SKIPPED and fake.source_gets == []
+
+
+def test_alias_tags_of_one_digest_cost_one_pull() -> None:
+    fake = FakeRegistries()
+    fake.store("src.example.com", "team/tool", image_manifest("one"), "1.0.0", "stable")
+    fake.store("src.example.com", "team/tool", image_manifest("edge"), "edge")
+    report = run_fake(fake, "images:\n  - source: src.example.com/team/tool\n    tags: all\n")
+    statuses = {o.image.tag: o.status for o in report.outcomes}
+    assert statuses == {"1.0.0": COPIED, "edge": COPIED, "stable": RETAGGED}
+    assert report.pulls() == {"src.example.com": 2} and len(fake.source_gets) == 2
+    assert "dst.example.com/mirror/team/tool:stable" in fake.puts
+    text = format_report(report)
+    assert "2 copied, 1 retagged" in text
+    assert "src.example.com: 2 pulls spent (manifest GETs)" in text
+
+
+def test_explicit_destinations_need_no_registry(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``invoke mirror -c FILE`` with every destination given must not start (or even look
+    for) the embedded registry; a ``${REGISTRY}`` destination does."""
+    asked: list[bool] = []
+
+    def target_registry(settings: Settings, *, start: bool = True) -> object:
+        asked.append(start)
+        raise ConfigError("no registry here")
+
+    monkeypatch.setattr(access, "target_registry", target_registry)
+    settings = Settings.resolve(tmp_path, {}, {}, {})
+    explicit = tmp_path / "explicit.yml"
+    explicit.write_text("images:\n  - source: alpine:3\n    destination: r.example.com/a\n"
+                        "  - source: node\n    destination: r.example.com/node\n    tags: all\n")
+    loaded = load_for_run(settings, explicit)
+    assert [str(i.destination) for i in loaded.images] == ["r.example.com/a:3"]
+    assert asked == []
+    derived = tmp_path / "derived.yml"
+    derived.write_text("images: [alpine:3]\n")
+    with pytest.raises(ConfigError, match="unset variable"):
+        load_for_run(settings, derived)
+    assert asked == [True]

@@ -705,7 +705,9 @@ def mirror(settings: Settings, *, config: str | Path | None = None, only: Iterab
         heads.close()
     _add_sets(report, expansion, only)
     record_outcomes(report)
-    console.summary().extra["ratelimits"] = report.to_json()["ratelimits"]
+    console.summary().set_extra("ratelimits", report.to_json()["ratelimits"])
+    if not dry:
+        console.summary().set_extra("pulls", report.pulls())
     if dry:
         operations = plan_operations(settings, report, probes, hosts, loaded.retries)
         for line in format_report(report, operations).splitlines():
