@@ -132,7 +132,8 @@ def test_dry_run_plan_with_git_labels_and_no_deps(
     captured = capsys.readouterr()
     plan = captured.out
     assert "dry run" in plan
-    assert f"write {project / '.kiln/build/app/Containerfile'}" in plan
+    # one Containerfile per architecture: two build-arch runs never write the same file
+    assert f"write {project / '.kiln/build/app-arm64/Containerfile'}" in plan
     assert "--platform linux/arm64" in plan
     assert "--build-arg BASE_IMAGE_TAG=v9" in plan
     assert "--label org.opencontainers.image.source=https://gitlab.example/g/p.git" in plan
@@ -159,10 +160,68 @@ def test_dry_run_json_summary(project: Path, monkeypatch: pytest.MonkeyPatch,
         "action": "planned", "image": "registry.example/g/base", "tag": "p-local",
         "digest": None, "name": "base", "arch": None, "ref": "registry.example/g/base:p-local",
         "pushed": False, "dependency": False,
-        "containerfile": str(project / ".kiln/build/base/Containerfile")}]
+        "containerfile": str(project / ".kiln/build/base/Containerfile"), "key": None,
+        "reused": False}]
     plan = "\n".join(summary["plan"])
     assert "(not pushed: registry.example/g/base:p-local stays in local storage)" in plan
     assert "(not pushed" in captured.err  # the plan for people goes to stderr with --json
+
+
+@pytest.mark.tool
+def test_graph_prints_the_build_order(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("KILN_REGISTRY", "registry.example/g")
+    (project / "builds" / "app.in").write_text(APP_IN.replace("localhost", "registry.example/g"))
+    run(tasks.graph, dry_run=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:3] for line in lines] == [
+        ["level", "image", "from"], ["0", "base", "-"], ["1", "app", "base"]]
+    run(tasks.graph, dry_run=True, mermaid=True)
+    assert "n0 --> n1" in capsys.readouterr().out
+    run(tasks.graph, dry_run=True, json=True)
+    document = json.loads(capsys.readouterr().out)
+    assert document["graph"]["order"] == ["base", "app"]
+    assert document["graph"]["edges"] == [{"image": "app", "from": "base"}]
+    assert [r["action"] for r in document["results"]] == ["build", "build"]
+
+
+@pytest.mark.tool
+def test_graph_and_build_input_errors_exit_2(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("KILN_REGISTRY", "registry.example/g")
+    (project / "builds" / "base.in").write_text(
+        "ARG REGISTRY=registry.example/g\nFROM ${REGISTRY}/app:latest\n")
+    (project / "builds" / "app.in").write_text(
+        "ARG REGISTRY=registry.example/g\nRUN true\nFROM ${REGISTRY}/base:latest\n")
+    assert exit_code(tasks.graph, dry_run=True) == 2
+    err = capsys.readouterr().err
+    assert "dependency cycle between images: app -> base -> app" in err
+    assert ".kiln/build/app/Containerfile:3 (app FROM base)" in err
+    assert exit_code(tasks.build, image=["app"], dry_run=True) == 2
+    assert exit_code(tasks.build, image=["base"], jobs="0", dry_run=True) == 2
+    assert "--jobs '0' is not a number" in capsys.readouterr().err
+    assert exit_code(tasks.build, image=["base"], jobs="two", dry_run=True) == 2
+    assert exit_code(tasks.build, image=["base"], all=True, dry_run=True) == 2
+    assert "--all and --image together" in capsys.readouterr().err
+
+
+@pytest.mark.tool
+def test_build_all_and_repeated_images_plan_the_graph_once(
+        project: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("KILN_REGISTRY", "registry.example/g")
+    (project / "builds" / "app.in").write_text(APP_IN.replace("localhost", "registry.example/g"))
+    (project / "builds" / "solo.in").write_text(BASE_IN)
+    run(tasks.build, all=True, dry_run=True, jobs="2")
+    plan = capsys.readouterr().out
+    assert [line for line in plan.splitlines() if line.startswith("# ") and "plan" not in line] \
+        == ["# base", "# solo", "# app"]  # with --all every image is asked for
+    assert "when registry.example/g/app:k-<input key> exists: copy its manifest to " \
+           "registry.example/g/app:p-local, build nothing" in plan
+    run(tasks.build, image=["app", "solo"], dry_run=True, rebuild=True)
+    plan = capsys.readouterr().out
+    assert "# base (dependency)" in plan and "# solo" in plan
+    assert "--rebuild: build even when the registry has it" in plan
 
 
 def test_binfmt_register_dry_run(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -276,7 +335,7 @@ def test_invoke_parse_errors_exit_2_once_kiln_tasks_are_loaded(
     assert type(running) is KilnProgram
     for argv, message in ((["invoke", "images", "--bogus"], "No idea what '--bogus' is!"),
                           (["invoke", "nosuch"], "No idea what 'nosuch' is!"),
-                          (["invoke", "build", "--image"], "--image needs a value")):
+                          (["invoke", "preprocess", "--image"], "--image needs a value")):
         with pytest.raises(SystemExit) as after:
             running.run(argv)
         assert after.value.code == 2

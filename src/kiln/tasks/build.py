@@ -42,9 +42,11 @@ def _image(settings: Settings) -> str:
     return settings.image
 
 
-def _images(settings: Settings, image: Sequence[str] | None, every: bool) -> list[str]:
-    """The images named by ``--image`` (repeatable), ``--all``, or ``IMAGE_NAME``."""
-    names = [validate_image_name(name) for name in (image or [])]
+def _images(settings: Settings, image: str | Sequence[str] | None, every: bool) -> list[str]:
+    """The images named by ``--image`` (repeatable; one name when called from Python),
+    ``--all``, or ``IMAGE_NAME``."""
+    given = [image] if isinstance(image, str) else list(image or [])
+    names = [validate_image_name(name) for name in given]
     if every:
         if names:
             raise InputError("--all and --image together",
@@ -72,7 +74,7 @@ def _report(settings: Settings, results: Sequence[engine.BuildResult]) -> None:
             console.step(f"done: {r.ref} ({where})")
 
 
-def _build(settings: Settings, image: Sequence[str] | None, every: bool, jobs: str | None,
+def _build(settings: Settings, image: str | Sequence[str] | None, every: bool, jobs: str | None,
            rebuild: bool, arch: str | None) -> None:
     count = engine.parse_jobs(jobs, os.cpu_count())
     names = _images(settings, image, every)
@@ -122,7 +124,8 @@ def graph(c: Any, settings: Settings, image: list[str] | None = None, mermaid: b
           rebuild: bool = False) -> None:
     """Print the image graph in build order: what each image is built FROM, its input key and
     whether the target registry already has an image for it."""
-    names = [validate_image_name(name) for name in (image or [])]
+    given = [image] if isinstance(image, str) else list(image or [])
+    names = [validate_image_name(name) for name in given]
     arch = settings.arch if settings.arch != host_arch() else None
     result = engine.describe_graph(settings, names or None, arch, rebuild=rebuild)
     console.summary().set_extra("graph", result.as_dict())
