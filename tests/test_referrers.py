@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
@@ -248,3 +249,27 @@ def test_find_artifacts_on_a_registry_without_any() -> None:
     assert empty.requests == [f"GET /v2/app/referrers/{SUBJECT}",
                               f"HEAD /v2/app/manifests/{fallback_tag(SUBJECT)}",
                               *(f"HEAD /v2/app/manifests/{t}" for t in cosign_tags(SUBJECT))]
+
+
+def test_registry_pair_for_the_mirror() -> None:
+    """What mirror does: gather before its image copy, write the artifacts after it."""
+    from kiln.promote import Destination, gather_artifacts, registry_pair
+    from kiln.settings import Settings
+
+    source, image, artifacts = signed_source(api=False)
+    destination = MemoryRegistry(referrers_api=False)
+    destination.manifests[image.digest] = image.body
+    destination.types[image.digest] = image.media_type
+    backends = {"src.example": source, "dst.example": destination}
+
+    def factory(host: str) -> RegistryClient:
+        return RegistryClient(host, scheme="http", max_attempts=1,
+                              transport=httpx.MockTransport(backends[host].handler))
+
+    settings = Settings.resolve(Path("/nonexistent"))
+    with registry_pair(settings, Destination("src.example", "app"),
+                       Destination("dst.example", "app"), client_factory=factory) as (src, dst):
+        subject = src.get(image.digest)
+        found = gather_artifacts(src, subject)
+        copy_artifacts(src, dst, subject, found)
+    assert all(destination.manifests[a.digest] == a.body for a in artifacts)

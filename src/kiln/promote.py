@@ -43,7 +43,8 @@ from __future__ import annotations
 
 import secrets
 import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -553,6 +554,26 @@ def copy_artifacts(src: Registry, dst: Registry, subject: Manifest,
 
 
 ClientFactory = Callable[[str], RegistryClient]
+
+
+@contextmanager
+def registry_pair(settings: Settings, source: Destination, dest: Destination, *,
+                  dry_run: bool = False, log: Callable[[Op], None] | None = None,
+                  client_factory: ClientFactory | None = None) -> Iterator[tuple[Registry, Registry]]:
+    """Two :class:`Registry` views for copying artifacts from ``source`` to ``dest`` (mirror:
+    ``found = gather_artifacts(src, src.get(digest))`` before the image copy, then
+    ``copy_artifacts(src, dst, subject, found)``); the clients are closed afterwards."""
+    factory = client_factory or (lambda host: RegistryClient.from_settings(host, settings))
+    src_client = factory(source.host)
+    dst_client = src_client if dest.host == source.host else factory(dest.host)
+    try:
+        yield (Registry(src_client, source.repository, dry_run=dry_run, log=log),
+               Registry(dst_client, dest.repository, dry_run=dry_run, log=log))
+    finally:
+        src_client.close()
+        if dst_client is not src_client:
+            dst_client.close()
+
 
 
 def promote(

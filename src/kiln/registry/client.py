@@ -359,12 +359,14 @@ class RegistryClient:
     def referrers(self, repo: str, digest: str) -> bytes | None:
         """The OCI referrers API's index of the artifacts whose subject is ``digest``; ``None``
         when the registry has no referrers API (it answers 404, as distribution 2.8 does: a
-        registry with the API never does)."""
+        registry with the API never does; 400/405/406 from registries that route the path
+        elsewhere mean the same)."""
         if not DIGEST_RE.match(digest):
             raise RegistryError(f"referrers needs a digest, got {digest!r}")
         resp = self._request("GET", repo, f"referrers/{digest}",
                              f"list the referrers of {digest}",
-                             headers={"Accept": media.OCI_INDEX}, ok=(200,), missing=(404,))
+                             headers={"Accept": media.OCI_INDEX}, ok=(200,),
+                             missing=(404, 400, 405, 406))
         return None if resp is None else resp.content
 
     def deletes_allowed(self, repo: str) -> bool:
