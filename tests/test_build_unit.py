@@ -288,7 +288,11 @@ def test_build_command_foreign_arch_insecure_local_ca_and_auth(tmp_path: Path) -
     assert argv[argv.index("--platform") + 1] == "linux/arm64"
     assert "--arch" not in argv  # buildah 1.28 rejects --arch together with --platform
     assert "--tls-verify=false" in argv
-    assert argv[argv.index("-v") + 1] == "/etc/corp-ca.pem:/etc/ssl/certs/ca-certificates.crt:ro"
+    # mounted beside the system bundle (update-ca-certificates keeps working), clients pointed
+    # at it through build args the Containerfile declares (build.run.ca_bundle_text)
+    assert argv[argv.index("-v") + 1] == "/etc/corp-ca.pem:/run/kiln/ca-bundle.crt:ro"
+    assert "SSL_CERT_FILE=/run/kiln/ca-bundle.crt" in argv
+    assert "PIP_CERT=/run/kiln/ca-bundle.crt" in argv
     assert argv[argv.index("--authfile") + 1] == str(tmp_path / "auth.json")
     assert argv[-1] == "/repo/ctx"
 

@@ -582,3 +582,55 @@ def test_a_secret_refusal_points_at_the_build_file_line(tmp_path: Path) -> None:
     assert "builds/app.in:5 (Containerfile " in done.stderr
     assert "includes/npm-login:1 (Containerfile " in done.stderr
     assert GLPAT not in done.stdout + done.stderr
+
+
+@pytest.mark.real
+def test_a_ca_bundle_is_mounted_beside_the_system_bundle(tmp_path: Path,
+                                                         buildah_storage: dict[str, Path]) -> None:
+    """KILN_CA_BUNDLE reaches RUN steps through SSL_CERT_FILE & co., and a step may still
+    replace /etc/ssl/certs/ca-certificates.crt by rename (what update-ca-certificates does):
+    before, the bundle was mounted over that file and the rename failed."""
+    import shutil
+    import subprocess
+
+    from conftest import require_tool
+
+    require_tool("buildah", "buildah")
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("busybox not installed (apt-get install busybox-static)")
+    (tmp_path / "builds").mkdir()
+    shutil.copy(busybox, tmp_path / "busybox")
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nkiln test\n")
+    script = ("b=/bin/busybox; $b mkdir -p /etc/ssl/certs /tmp"
+              " && $b cat $SSL_CERT_FILE > /tmp/new && $b mv /tmp/new "
+              "/etc/ssl/certs/ca-certificates.crt && $b env > /seen")
+    (tmp_path / "builds" / "cafix.in").write_text(
+        'FROM scratch\nCOPY busybox /bin/busybox\n'
+        f'RUN ["/bin/busybox", "sh", "-c", "{script}"]\n')
+    storage = f"{buildah_storage['root']}"
+    done = run_kiln(tmp_path, "build", "--no-push", env={
+        "IMAGE_NAME": "cafix", "KILN_CA_BUNDLE": str(tmp_path / "ca.pem"),
+        "KILN_STORAGE_DRIVER": "vfs", "KILN_STORAGE_ROOT": storage,
+        "KILN_STORAGE_RUNROOT": str(buildah_storage["runroot"]), "KILN_REGISTRY": "127.0.0.1:9"})
+    assert done.returncode == 0, done.stderr
+
+    def buildah(*args: str) -> str:
+        return subprocess.run(["buildah", "--root", storage, "--runroot",
+                               str(buildah_storage["runroot"]), "--storage-driver", "vfs", *args],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    ref = next(line.split()[0] + ":" + line.split()[1]
+               for line in buildah("images", "--format", "{{.Name}} {{.Tag}}").splitlines()
+               if line.endswith(" p-local") or "/cafix " in line + " ")
+    container = buildah("from", "--pull=never", ref)
+    try:
+        root = Path(buildah("mount", container))
+        assert (root / "etc/ssl/certs/ca-certificates.crt").read_text().endswith("kiln test\n")
+        seen = (root / "seen").read_text()
+        assert "SSL_CERT_FILE=/run/kiln/ca-bundle.crt" in seen
+        assert "PIP_CERT=/run/kiln/ca-bundle.crt" in seen
+        config = json.loads(buildah("inspect", "--type", "image", ref))
+        assert not [e for e in config["OCIv1"]["config"].get("Env", []) if "ca-bundle" in e]
+    finally:
+        buildah("rm", container)

@@ -71,7 +71,7 @@ from kiln.build.plan import (
     utc_now,
 )
 from kiln.buildah import Buildah, failing_step
-from kiln.containerfile import locate_step, parse_from_lines
+from kiln.containerfile import instructions, locate_step, parse_from_lines
 from kiln.errors import (
     BuildError,
     ConfigError,
@@ -89,8 +89,27 @@ from kiln.registry.reference import parse_reference
 from kiln.settings import Settings
 from kiln.tag_policy import key_tag
 
-CA_TARGET = "/etc/ssl/certs/ca-certificates.crt"
+# KILN_CA_BUNDLE is mounted here for RUN steps (read-only, never in a layer) and not over the
+# system bundle, so update-ca-certificates still works in builds; the CA_VARIABLES point TLS
+# clients at it (build args declared after each FROM by ca_bundle_text: RUN steps see them, the
+# image config does not). apt reads only the system bundle.
+CA_TARGET = "/run/kiln/ca-bundle.crt"
+CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "CURL_CA_BUNDLE",
+                "GIT_SSL_CAINFO", "NODE_EXTRA_CA_CERTS")
 LOCAL_PLACEHOLDER = "127.0.0.1:<port>"
+
+
+def ca_bundle_text(text: str) -> str:
+    """``text`` with ``ARG <CA_VARIABLES>`` after each FROM: the build args kiln passes with a
+    CA bundle reach the RUN steps of every stage (an undeclared build arg does not)."""
+    lines = text.splitlines(keepends=True)
+    declare = "ARG " + " ".join(CA_VARIABLES) + "\n"
+    for end in sorted({i.end_line for i in instructions(text) if i.keyword == "FROM"},
+                      reverse=True):
+        if end <= len(lines) and not lines[end - 1].endswith("\n"):
+            lines[end - 1] += "\n"
+        lines.insert(end, declare)
+    return "".join(lines)
 
 
 def resolve_target(settings: Settings, local_address: str | None) -> Target:
@@ -124,6 +143,9 @@ def build_command(buildah: Buildah, settings: Settings, step: Step, target: Targ
     if step.key is not None:
         labels = {**labels, KEY_LABEL: step.key}
     volumes = [f"{settings.ca_bundle}:{CA_TARGET}:ro"] if settings.ca_bundle else []
+    build_args = dict(step.build_args)
+    if settings.ca_bundle:
+        build_args.update(dict.fromkeys(CA_VARIABLES, CA_TARGET))
     return buildah.build_command(
         containerfile=containerfile,
         context=settings.context_dir or settings.project_dir,
@@ -132,7 +154,7 @@ def build_command(buildah: Buildah, settings: Settings, step: Step, target: Targ
         layers=settings.layers,
         platform=f"linux/{step.arch}" if step.arch else None,
         tls_verify=tls_verify_for(settings, target),
-        build_args=step.build_args,
+        build_args=build_args,
         labels=labels,
         volumes=volumes,
         authfile=authfile,
@@ -709,6 +731,8 @@ def _build_step(settings: Settings, buildah: Buildah, target: Target, step: Step
     The Containerfile written is the pinned one (FROM images by digest) when the key is known."""
     containerfile = containerfile_path(settings, step.image, step.arch)
     containerfile.parent.mkdir(parents=True, exist_ok=True)
+    if settings.ca_bundle is not None:
+        step = replace(step, pinned_text=ca_bundle_text(step.build_text))
     containerfile.write_text(step.build_text, encoding="utf-8")
     what = "dependency " if step.dependency else ""
     console.step(f"building {what}{step.image} -> {step.ref} (Containerfile: {containerfile})")
