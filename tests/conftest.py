@@ -65,19 +65,7 @@ def fresh_console() -> Iterator[None]:
 
 
 def _reset_console() -> None:
-    reset = getattr(console, "reset", None)
-    if callable(reset):
-        reset()
-        return
-    # Until the console keeps its state in one object: today's module globals.
-    for name in ("_SECRETS", "_sections"):
-        state = getattr(console, name, None)
-        if hasattr(state, "clear"):
-            state.clear()
-    summary_state = getattr(console, "_state", None)
-    if isinstance(summary_state, dict) and hasattr(console, "Summary"):
-        summary_state["summary"] = console.Summary()
-        summary_state["json"] = False
+    console.reset()  # a fresh Console: no registered secrets, no summary, no open sections
 
 
 def require_tool(name: str, package: str) -> str:
