@@ -241,3 +241,16 @@ def test_tags_removed_with_their_digest_need_no_throwaway() -> None:
     throwaway, with_digest = removal_steps(plan, st)
     assert with_digest == ["g-1", "g-2", "g-3", "p-1", "p-2", "p-3"]
     assert throwaway == []  # mr-9 shares p-4's digest and is the newest of mr-*: kept
+
+
+def test_input_key_tags_follow_their_digest() -> None:
+    """A build's k-<hex> reuse key sits on the digest of p-<n>: it neither keeps an old image
+    alive nor is removed while a kept tag (a later pipeline that reused it) points there."""
+    tags, images = pipelines(3, age_step=100)
+    key1, key3 = "k-" + "1" * 32, "k-" + "3" * 32
+    tags.update({key1: digest(1), key3: digest(3)})
+    plan = plan_prune(state(tags, *images), Policy(keep=1, older_than=timedelta(0)), NOW)
+    actions = decided(plan)
+    assert actions[key1] == "remove" and actions[key3] == "keep"
+    assert digest(1) in plan.delete
+    assert {d.tag: d.why for d in plan.decisions}[key1] == "input key of a removed image"

@@ -19,7 +19,8 @@ The rules (``docs/tags.md``):
 * Removing a tag never removes another: the digest of a kept tag, the children of a kept index
   and the artifacts (signatures, attestations) of a kept image stay. Digests only removed tags
   led to are deleted, artifacts before indexes before images; artifact tags
-  (``sha256-<hex>[.sig|.att|.sbom]``) follow their subject.
+  (``sha256-<hex>[.sig|.att|.sbom]``) follow their subject, input-key tags (``k-<hex>``, the
+  build's reuse key) their digest.
 * A plan that would leave an image without any tag is refused.
 """
 
@@ -45,6 +46,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _PIPELINE = re.compile(r"^[pg]-(\d+)(?:-[a-z0-9]+)?$")
 _MANAGED = re.compile(r"^(?:[pg]-[A-Za-z0-9_.]+(?:-[a-z0-9]+)?|mr-\d+)$")
 _MR = re.compile(r"^mr-(\d+)$")
+_INPUT_KEY = re.compile(r"^k-[0-9a-f]{32}$")
 _IID = re.compile(r"^!?(\d{1,18})$")
 POLICY_KEYS = ("match", "keep", "older-than", "keep-tags")
 
@@ -338,7 +340,7 @@ def plan_prune(state: RepositoryState, policy: Policy, now: datetime,
         facts = state.images.get(digest)
         if facts is not None and facts.throwaway:
             keep[tag], why[tag] = False, "leftover of an interrupted removal"
-        elif artifact_tag_subject(tag):
+        elif artifact_tag_subject(tag) or _INPUT_KEY.match(tag):
             artifacts.append(tag)
         elif tag in NEVER:
             keep[tag], why[tag] = True, f"{tag} is never pruned"
@@ -389,15 +391,17 @@ def plan_prune(state: RepositoryState, policy: Policy, now: datetime,
 
     kept_closure = state.closure(state.tags[t] for t in keep if keep[t])
     removed_closure = state.closure(state.tags[t] for t in keep if not keep[t])
-    # Artifact tags follow their subject: they go when the subject's digest goes.
+    # Artifact tags follow their subject, input-key tags (k-<hex>) their own digest: they go
+    # when that digest goes.
     for tag in artifacts:
         subject = artifact_tag_subject(tag)
-        assert subject is not None
+        what = "artifact" if subject else "input key"
+        subject = subject or state.tags[tag]
         if subject in removed_closure and subject not in kept_closure:
-            keep[tag], why[tag] = False, "artifact of a removed image"
+            keep[tag], why[tag] = False, f"{what} of a removed image"
         else:
-            keep[tag], why[tag] = True, ("artifact of a kept image" if subject in kept_closure
-                                         else "artifact of an image prune does not remove")
+            keep[tag], why[tag] = True, (f"{what} of a kept image" if subject in kept_closure
+                                         else f"{what} of an image prune does not remove")
     kept_closure = state.closure(state.tags[t] for t in keep if keep[t])
     removed_closure = state.closure(state.tags[t] for t in keep if not keep[t])
     doomed = removed_closure - kept_closure
