@@ -1,7 +1,9 @@
 """Several kiln processes at once against one real registry: pipelines tagging, merge requests
 deployed and stopped, and mirrors of the same images, all at the same time (real ``python -m
 invoke`` processes). The final state is exactly what the runs asked for, every run succeeds, and
-nothing dangles."""
+nothing dangles — also when the registry's delete races (stop-mr repairs what it leaves; the test
+prints how often). Loop it before trusting a change here: ``for i in $(seq 50); do pytest -q
+tests/test_concurrency.py -k merge_requests || break; done``."""
 
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def pipeline_env(host: str, pipeline: str, **extra: str) -> dict[str, str]:
 
 
 def test_pipelines_tag_deploy_and_stop_merge_requests_at_once(
-        tmp_path: Path, registry: RegistryServer) -> None:
+        tmp_path: Path, registry: RegistryServer, capsys: pytest.CaptureFixture[str]) -> None:
     host = registry.address
     pipelines = ["21", "22", "23", "24"]
     for pipeline in pipelines:
@@ -64,8 +66,14 @@ def test_pipelines_tag_deploy_and_stop_merge_requests_at_once(
     procs += [start(tmp_path, "stop-mr", "--mr", mr, env=pipeline_env(host, "21"))
               for mr in ("1", "2", "3")]
     procs += [start(tmp_path, "deploy-mr", "--mr", "9", env=pipeline_env(host, "24"))]
-    for code, _out, err in finish(procs):
+    results = finish(procs)
+    for code, _out, err in results:
         assert code == 0, err
+    # distribution's DELETE can remove a manifest and keep its tag when another stop-mr runs at
+    # the same time (it answers 500); stop-mr sees the tag still listed and repairs it
+    repaired = sum("points at nothing" in err for _code, _out, err in results)
+    with capsys.disabled():
+        print(f"\n[stop-mr] tags repaired after a half-done delete: {repaired}")
     state = consistent(host)["app"]
     expected = {f"p-{p}": source[p] for p in pipelines}
     expected |= {f"g-{p}": source[p] for p in pipelines}

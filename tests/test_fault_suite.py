@@ -9,11 +9,11 @@ resolves to a manifest whose children / config / layers all exist. A failed run 
 the transient code (4) — or, for the mirror, the failed images' code — with a message and no
 traceback. At the end the state is exactly the expected one, and a rerun changes nothing.
 
-The proxy fails each distinct request at most ``MAX_FAULTS`` times (more than the registry
-X, whose skopeo
-copies run with ``retries: 0`` here so that kiln's rerun, not skopeo's backoff, recovers), so
-reruns converge; the decisions are a hash of (seed, request, attempt), so a rate's run is
-reproducible.
+The proxy fails each distinct request a bounded number of times (``max_faults``; the mirror's
+skopeo copies run with ``retries: 0`` here so that kiln's rerun, not skopeo's backoff,
+recovers), so reruns converge; the decisions are a hash of (seed, request, attempt), so a
+rate's run is reproducible. A failed registry task exits 4 whatever the fault: transient
+faults, an integrity failure and a tag the registry left dangling are all "rerun".
 """
 
 from __future__ import annotations
