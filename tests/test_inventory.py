@@ -11,7 +11,7 @@ import pytest
 
 from helpers.lifecycle import Seeder, seed_pipelines
 from helpers.run import run_kiln
-from kiln.inventory import format_table, human_size, parse_created, rows, table
+from kiln.inventory import format_table, human_size, parse_created, rows, short_tag, table
 from kiln.local_registry import RegistryServer
 from kiln.referrers import cosign_tags
 from kiln.retention import ImageFacts, RepositoryState
@@ -42,6 +42,12 @@ def test_rows_group_tags_by_digest_newest_first() -> None:
     assert "amd64, arm64/v8" in lines[1] and "2024-02-01 00:00" in lines[1]
     assert lines[1].endswith("5.0 MB") and lines[2].endswith("2.0 KB")
     assert human_size(10) == "10 B"
+
+
+def test_artifact_tags_are_shortened_in_tables_only() -> None:
+    assert short_tag(cosign_tags(D1)[0]) == "sha256-111111111111...sig"
+    assert short_tag("sha256-" + "1" * 64) == "sha256-111111111111..."
+    assert short_tag("p-1") == "p-1" and short_tag("v1.2.3") == "v1.2.3"
 
 
 @pytest.mark.real

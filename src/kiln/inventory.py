@@ -19,7 +19,7 @@ from typing import Any
 
 from kiln import console
 from kiln.errors import RegistryError
-from kiln.referrers import parse_referrers_index, subject_of
+from kiln.referrers import artifact_tag_subject, parse_referrers_index, subject_of
 from kiln.registry import media
 from kiln.registry.client import RegistryClient
 from kiln.registry.media import Manifest
@@ -211,11 +211,19 @@ def short_digest(digest: str) -> str:
     return digest[:19]
 
 
+def short_tag(tag: str) -> str:
+    """An artifact tag shortened for a table (``sha256-<12 hex>...sig``); others unchanged."""
+    if artifact_tag_subject(tag) is None:
+        return tag
+    base, _, suffix = tag.partition(".")
+    return f"{base[:19]}...{suffix}"
+
+
 def table(state: RepositoryState) -> list[list[str]]:
     """The ``tags`` table: header row, then one row per digest."""
     lines = [["TAGS", "DIGEST", "ARCH", "CREATED", "SIZE"]]
     for row in rows(state):
-        lines.append([", ".join(row.tags), short_digest(row.digest),
+        lines.append([", ".join(short_tag(t) for t in row.tags), short_digest(row.digest),
                       ", ".join(row.arches) or "-",
                       row.created.strftime("%Y-%m-%d %H:%M") if row.created else "-",
                       human_size(row.size)])

@@ -303,7 +303,7 @@ def _age_text(delta: timedelta) -> str:
     seconds = int(delta.total_seconds())
     if seconds < 0:
         return "0s"
-    for unit, size in (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):  # days, to compare with 30d
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"

@@ -33,7 +33,8 @@ def policy_for(settings: Settings, image: str, **flags: Any) -> Policy:
 def _print_plan(outcome: pruning.Outcome, now: datetime, dry_run: bool) -> None:
     rows = plan_rows(outcome.plan, now)
     lines = [["TAG", "DIGEST", "AGE", "ACTION", "WHY"]]
-    lines += [[r["tag"], inventory.short_digest(r["digest"]), r["age"], r["action"], r["why"]]
+    lines += [[inventory.short_tag(r["tag"]), inventory.short_digest(r["digest"]), r["age"],
+               r["action"], r["why"]]
               for r in rows]
     text = inventory.format_table(lines)
     for line in text.splitlines():
