@@ -212,3 +212,57 @@ def test_needs_beat_one_stage_per_level_when_durations_differ() -> None:
     pipeline = plan_child_pipeline(g, pipeline_id="1")
     assert pipeline.critical_path(duration) == 12.0        # base + slow
     assert stage_per_level_length(g, duration) == 15.0     # base + max(slow, fast) + top
+
+
+# --- invoke ci-graph's pure parts ---------------------------------------------------------------
+
+def test_exclusions_come_from_the_flag_or_the_environment() -> None:
+    from kiln.tasks.graph import EXCLUDE_ENV, excluded_images
+
+    assert excluded_images(["a,b", "c"], {EXCLUDE_ENV: "x"}) == ["a", "b", "c"]
+    assert excluded_images(None, {EXCLUDE_ENV: "busybox, tool busybox"}) == ["busybox", "tool"]
+    assert excluded_images([], {}) == []
+
+
+def test_an_excluded_image_must_not_be_needed_by_the_graph() -> None:
+    from kiln.tasks.graph import _without
+
+    g = graph(node("base"), node("python", ("base",)), node("busybox"))
+    assert list(_without(g, ["busybox"]).nodes) == ["base", "python"]
+    with pytest.raises(InputError, match="python is built FROM it"):
+        _without(g, ["base"])
+    with pytest.raises(InputError, match="no such image"):
+        _without(g, ["nope"])
+
+
+def test_per_arch_graphs_merge_reused_only_when_every_arch_is() -> None:
+    from kiln.tasks.graph import merge_arches
+
+    amd = graph(node("base", changed=False, reusable=True), node("app", ("base",),
+                                                                 changed=False, reusable=True))
+    arm = graph(node("base", changed=False, reusable=True), node("app", ("base",)))
+    merged = merge_arches({"amd64": amd, "arm64": arm})
+    assert merged.nodes["base"].arches == MULTI
+    assert merged.nodes["base"].reusable and not merged.nodes["base"].changed
+    assert merged.nodes["app"].changed and not merged.nodes["app"].reusable
+
+
+# --- the benchmark's README table ---------------------------------------------------------------
+
+def test_readme_benchmark_table_is_the_one_the_results_make() -> None:
+    """README.md's graph benchmark table is generated from benchmarks/results/graph.json by
+    benchmarks/graph.py, never pasted."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("benchmark_graph", root / "benchmarks" / "graph.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = json.loads((root / "benchmarks" / "results" / "graph.json").read_text())
+    section = module.readme_section((root / "README.md").read_text(encoding="utf-8"))
+    assert section is not None, "README.md lacks the graph benchmark markers"
+    assert section == module.render_table(results)
+    assert (root / "benchmarks" / "results" / "graph.md").read_text().rstrip("\n").endswith(section)

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from conftest import require_tool
+from conftest import require_tool, skip_or_fail
 from helpers.ci_shims import DEFAULT_BRANCH, gitlab_ci_local
 from kiln.local_registry import RegistryServer
 from kiln.registry.client import RegistryClient
@@ -71,15 +71,16 @@ def _git(repo: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True)
 
 
-def make_graph_project(dest: Path) -> Path:
+def make_graph_project(dest: Path, build_files: dict[str, str] = BUILD_FILES,
+                       parent: str = PARENT) -> Path:
     """A project using kiln's CI templates, with a git repo and a fake origin (gitlab-ci-local
     needs both)."""
     (dest / "builds").mkdir(parents=True)
     (dest / "ci").mkdir()
-    for name, text in BUILD_FILES.items():
+    for name, text in build_files.items():
         (dest / "builds" / f"{name}.in").write_text(text)
     shutil.copy(REPO_ROOT / "ci" / "kiln.yml", dest / "ci" / "kiln.yml")
-    (dest / ".gitlab-ci.yml").write_text(PARENT)
+    (dest / ".gitlab-ci.yml").write_text(parent)
     (dest / "noxfile.py").write_text("import kiln.nox_sessions  # noqa: F401\n")
     (dest / "tasks.py").write_text("from kiln.tasks import namespace  # noqa: F401\n")
     (dest / "pyproject.toml").write_text('[project]\nname = "demo"\n[tool.kiln]\n')
@@ -104,28 +105,33 @@ def graph_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registr
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, graph_registry: RegistryServer,
-            buildah_storage: dict[str, Path]) -> dict[str, Any]:
+def _setup(tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer,
+           storage: dict[str, Path], project: str, **files: Any) -> dict[str, Any]:
     for tool, package in (("gitlab-ci-local", "npm install -g gitlab-ci-local@" + GCL_VERSION),
                           ("git", "git"), ("nox", "pip install nox"), ("buildah", "buildah"),
                           ("skopeo", "skopeo")):
         require_tool(tool, package)
     version = subprocess.run(["gitlab-ci-local", "--version"], capture_output=True, text=True)
     assert version.stdout.strip() == GCL_VERSION, version.stdout
-    repo = make_graph_project(tmp_path_factory.mktemp("graph") / "demo")
-    upstream = _seed_busybox(repo, graph_registry.address, buildah_storage)
+    repo = make_graph_project(tmp_path_factory.mktemp("graph") / "demo", **files)
+    upstream = _seed_busybox(repo, registry.address, storage)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("CI_", "GITLAB_", "KILN_", "IMAGE_", "NOX", "PYTEST_", "GCL_"))
            and k not in {"CI", "BASE_IMAGE_TAG", "buildah_image_tag", "REGISTRY_AUTH_FILE",
                          "CHANGES"}}
     # The child's jobs see the environment, not gitlab-ci-local's --variable values.
     env.update(PYTHONPATH=str(REPO_ROOT / "src"),
-               KILN_REGISTRY=f"{graph_registry.address}/{PROJECT}",
+               KILN_REGISTRY=f"{registry.address}/{project}",
                KILN_UPSTREAM_REGISTRY=upstream,
-               KILN_STORAGE_ROOT=str(buildah_storage["root"]),
-               KILN_STORAGE_RUNROOT=str(buildah_storage["runroot"]))
-    return {"repo": repo, "env": env, "registry": graph_registry}
+               KILN_STORAGE_ROOT=str(storage["root"]),
+               KILN_STORAGE_RUNROOT=str(storage["runroot"]))
+    return {"repo": repo, "env": env, "registry": registry}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, graph_registry: RegistryServer,
+            buildah_storage: dict[str, Path]) -> dict[str, Any]:
+    return _setup(tmp_path_factory, graph_registry, buildah_storage, PROJECT)
 
 
 def _seed_busybox(repo: Path, registry: str, storage: dict[str, Path]) -> str:
@@ -154,18 +160,28 @@ def _pipeline(project: dict[str, Any], pipeline: str) -> tuple[str, list[str]]:
     return output, child
 
 
-def _tags(registry: RegistryServer) -> dict[str, dict[str, str]]:
+def _tags(registry: RegistryServer, images: tuple[str, ...] = IMAGES,
+          project: str = PROJECT) -> dict[str, dict[str, str]]:
     """image -> {tag: digest} under the project."""
     state: dict[str, dict[str, str]] = {}
     with RegistryClient(registry.address) as client:
-        for image in IMAGES:
-            tags = client.list_tags(f"{PROJECT}/{image}")
+        for image in images:
+            tags = client.list_tags(f"{project}/{image}")
             state[image] = {}
             for tag in tags:
-                info = client.head_manifest(f"{PROJECT}/{image}", tag)
+                info = client.head_manifest(f"{project}/{image}", tag)
                 assert info is not None
                 state[image][tag] = info.digest
     return state
+
+
+def _config_digest(registry: RegistryServer, image: str, tag: str) -> str:
+    import json
+
+    with RegistryClient(registry.address) as client:
+        manifest = client.get_manifest(f"{PROJECT}/{image}", tag)
+    digest: str = json.loads(manifest.body)["config"]["digest"]
+    return digest
 
 
 def _key_tags(tags: dict[str, str]) -> set[str]:
@@ -204,7 +220,10 @@ def test_generated_pipeline_builds_reuses_and_rebuilds_along_the_graph(
     requests = registry.requests_since(mark)
     assert child == ["graph:up-to-date"], child
     assert "reused" in output
-    assert not [r for r in requests if r.kind in {"blob", "upload"}], "a reuse moves no blob"
+    # no layer moves: the only blobs read are the configs the tag jobs check for credentials
+    configs = {f"/v2/{PROJECT}/{i}/blobs/{_config_digest(registry, i, 'p-401')}" for i in IMAGES}
+    blobs = [(r.method, r.path) for r in requests if r.kind in {"blob", "upload"}]
+    assert sorted(blobs) == sorted(("GET", path) for path in configs), blobs
     copies = [r for r in requests if r.kind == "manifest" and r.method == "PUT"
               and "/manifests/p-402" in r.path]
     assert len(copies) == len(IMAGES), "one manifest write per reused image"
@@ -238,3 +257,66 @@ def test_generated_pipeline_builds_reuses_and_rebuilds_along_the_graph(
         assert set(tags) - _key_tags(tags) == _expected(["401", "402", "403", "404"]), image
         assert tags["p-404"] != third[image]["p-403"], f"{image} was rebuilt"
         assert tags["latest"] == tags["g-404"] == tags["p-404"]
+
+
+MULTI_PROJECT = "graph/multi"
+MULTI_ARCHES = ("amd64", "arm64")
+MULTI_FILES = {
+    "base": BUILD_FILES["base"].replace("RUN echo base", "RUN uname -m > /arch && echo base"),
+    "leaf": ARGS + "FROM ${REGISTRY}/base:${BASE_IMAGE_TAG}\nRUN echo leaf > /leaf.txt\n",
+}
+MULTI_PARENT = PARENT.replace(
+    "ci-graph:\n  extends: .ci_graph\n",
+    'ci-graph:\n  extends: .ci_graph\n  variables:\n    IMAGE_ARCHES: "amd64 arm64"\n',
+).replace("[base, mid, leaf1, leaf2]", "[base, leaf]")
+
+
+def test_multiarch_graph_builds_per_arch_then_reuses_with_the_index(
+        tmp_path_factory: pytest.TempPathFactory, graph_registry: RegistryServer,
+        buildah_storage: dict[str, Path]) -> None:
+    """IMAGE_ARCHES: one job per image and arch, the manifest job, per-arch needs; then a
+    pipeline with nothing changed: per-arch copies and the index, made by the generator."""
+    from kiln import qemu
+    from kiln.errors import KilnError
+
+    try:
+        qemu.check_binfmt("arm64")
+    except KilnError as exc:
+        if os.geteuid() != 0:
+            skip_or_fail(f"qemu binfmt for arm64 not registered and not root: {exc}")
+        qemu.register_binfmt(["arm64"])
+    setup = _setup(tmp_path_factory, graph_registry, buildah_storage, MULTI_PROJECT,
+                   build_files=MULTI_FILES, parent=MULTI_PARENT)
+    _, child = _pipeline(setup, "501")
+    assert sorted(child) == sorted(["build:base:amd64", "build:base:arm64", "manifest:base",
+                                    "build:leaf:amd64", "build:leaf:arm64", "manifest:leaf"])
+    assert child.index("build:base:arm64") < child.index("build:leaf:arm64")
+    first = _tags(graph_registry, ("base", "leaf"), MULTI_PROJECT)
+    per_arch = {f"p-501-{a}" for a in MULTI_ARCHES}
+    for image in ("base", "leaf"):
+        tags = first[image]
+        assert set(tags) - _key_tags(tags) == _expected(["501"]) | per_arch, (image, tags)
+        assert len(_key_tags(tags)) == 2, "one key per architecture"
+        _assert_index(graph_registry, f"{MULTI_PROJECT}/{image}", "501", tags)
+
+    _, child = _pipeline(setup, "502")
+    assert child == ["graph:up-to-date"], child
+    second = _tags(graph_registry, ("base", "leaf"), MULTI_PROJECT)
+    for image in ("base", "leaf"):
+        tags = second[image]
+        for arch in MULTI_ARCHES:
+            assert tags[f"p-502-{arch}"] == first[image][f"p-501-{arch}"]
+        assert tags["p-502"] == first[image]["p-501"], "the same index, byte for byte"
+        _assert_index(graph_registry, f"{MULTI_PROJECT}/{image}", "502", tags)
+
+
+def _assert_index(registry: RegistryServer, repository: str, pipeline: str,
+                  tags: dict[str, str]) -> None:
+    import json
+
+    with RegistryClient(registry.address) as client:
+        index = client.get_manifest(repository, f"p-{pipeline}")
+    assert index.is_index
+    children = {m["platform"]["architecture"]: m["digest"]
+                for m in json.loads(index.body)["manifests"]}
+    assert children == {a: tags[f"p-{pipeline}-{a}"] for a in MULTI_ARCHES}
