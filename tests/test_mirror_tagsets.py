@@ -33,7 +33,13 @@ from kiln.mirror.run import (
 )
 from kiln.mirror.tagsets import RuleError, TagRule, is_version
 from kiln.registry import access
-from kiln.registry.media import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Manifest, ManifestInfo
+from kiln.registry.media import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    Manifest,
+    ManifestInfo,
+    RateLimit,
+)
 from kiln.registry.reference import ImageRef, parse_reference
 from kiln.settings import Settings
 
@@ -305,13 +311,27 @@ def index_manifest(children: list[Manifest]) -> Manifest:
                       for c in children]}).encode())
 
 
-def run_fake(registries: FakeRegistries, text: str) -> MirrorReport:
+def run_fake(registries: FakeRegistries, text: str, *, remaining: int | None = None,
+             floor: int = 0) -> MirrorReport:
     conf = parse_config(text, "mirrors.yml", {"REGISTRY": "dst.example.com"})
     listings = {n: registries.list_tags(s.source) for n, s in enumerate(conf.tag_sets)}
     images = expand_tag_sets(conf, listings).images
-    return run_mirror(images, head=registries.head, copier=FakeCopier(registries),
-                      gate=RateLimitGate(RateLimitPolicy(floor=0)), jobs=1,
-                      registries=registries)
+    gate = RateLimitGate(RateLimitPolicy(floor=floor))
+    if remaining is not None:
+        gate.observe("src.example.com", RateLimit(100, remaining, 21600))
+    return run_mirror(images, head=registries.head, copier=FakeCopier(registries), gate=gate,
+                      jobs=1, registries=registries)
+
+
+def four_arch(fake: FakeRegistries, changed: str | None = None) -> Manifest:
+    children = [image_manifest(arch) for arch in ("amd64", "arm64", "arm", "ppc64le")]
+    if changed is not None:
+        children[1] = image_manifest(changed)
+    for child in children:
+        fake.store("src.example.com", "library/multi", child)
+    index = index_manifest(children)
+    fake.store("src.example.com", "library/multi", index, "latest")
+    return index
 
 
 def test_changed_index_fetches_the_index_and_the_new_child_only() -> None:
@@ -375,3 +395,24 @@ def test_explicit_destinations_need_no_registry(tmp_path: Path,
     with pytest.raises(ConfigError, match="unset variable"):
         load_for_run(settings, derived)
     assert asked == [True]
+
+
+def test_changed_child_reserves_only_what_it_fetches() -> None:
+    """13 pulls left, floor 10: the changed child needs 2 and goes (the size-based estimate for
+    a 4-arch index, 12, would have stopped it); with 11 left, the index GET fits but the child
+    would cross the floor: stopped with the rate-limit message, 1 pull spent."""
+    text = "images: ['src.example.com/library/multi:latest']\n"
+    for remaining, status in ((13, COPIED), (11, "failed")):
+        fake = FakeRegistries()
+        four_arch(fake)
+        run_fake(fake, text)
+        four_arch(fake, changed="arm64 v2")
+        fake.source_gets.clear()
+        report = run_fake(fake, text, remaining=remaining, floor=10)
+        outcome = report.outcomes[0]
+        assert outcome.status == status, outcome.message
+        if status == "failed":
+            assert outcome.exit_code == 4 and "the floor is 10" in outcome.message
+            assert report.pulls() == {"src.example.com": 1} and len(fake.source_gets) == 1
+        else:
+            assert report.pulls() == {"src.example.com": 2}

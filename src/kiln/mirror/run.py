@@ -399,18 +399,27 @@ def _mirror_one(image: MirrorImage, probe: Callable[[ImageRef, str], Probe],
         answer = probe(src, plan.digest or image.tag)
         return answer.ratelimit if isinstance(answer, ManifestInfo) else None
 
+    by_children = registries is not None and isinstance(copier, DigestCopier) \
+        and media.is_index(plan.media_type or "")
+    # An index copied child by child reserves the index GET now and each missing child once
+    # known; anything else reserves the plan's estimate.
+    reserved = [1 if by_children else plan.pulls]
     try:
-        gate.acquire(src.host, plan.pulls, image.label, refresh)
+        gate.acquire(src.host, reserved[0], image.label, refresh)
     except RateLimitStop as exc:
         return Outcome(image, FAILED, str(exc), plan, plan.warnings, exc.exit_code)
     progress.phase(image, f"copying {plan.digest[:19]} ({plan.reason})")
     spent = [0]
-    by_children = registries is not None and isinstance(copier, DigestCopier) \
-        and media.is_index(plan.media_type or "")
+
+    def reserve(pulls: int) -> None:
+        gate.acquire(src.host, pulls, image.label, refresh)
+        reserved[0] += pulls
+
     try:
         if by_children:
             assert registries is not None and isinstance(copier, DigestCopier)
-            written, note = _copy_index(source_by_digest, dst, probe, registries, copier, spent)
+            written, note = _copy_index(source_by_digest, dst, probe, registries, copier, spent,
+                                        reserve)
         else:
             spent[0] += 1  # skopeo GETs the manifest once (an index goes through _copy_index)
             written, note = copier.copy(source_by_digest, dst), ""
@@ -423,7 +432,11 @@ def _mirror_one(image: MirrorImage, probe: Callable[[ImageRef, str], Probe],
         return Outcome(image, FAILED, str(exc), plan, plan.warnings, exc.exit_code,
                        pulls=spent[0])
     finally:
-        gate.release(src.host, plan.pulls, spent=True)  # a failed copy may have spent them too
+        # what was spent counts against the budget until the next header says otherwise; an
+        # estimate that was not spent (or a copy that failed early) is freed
+        used = min(spent[0], reserved[0]) if by_children else reserved[0]
+        gate.release(src.host, reserved[0] - used, spent=False)
+        gate.release(src.host, used, spent=True)
     if written and written != plan.digest:
         return Outcome(image, FAILED,
                        f"the destination got {written}, not the source digest {plan.digest}: "
@@ -452,11 +465,11 @@ def _put_index(registries: Registries, destination: ImageRef, index: Manifest) -
 
 
 def _copy_index(source: ImageRef, destination: ImageRef, probe: Callable[[ImageRef, str], Probe],
-                registries: Registries, copier: DigestCopier, spent: list[int]
-                ) -> tuple[str, str]:
+                registries: Registries, copier: DigestCopier, spent: list[int],
+                reserve: Callable[[int], None]) -> tuple[str, str]:
     """Copy the index ``source`` (by digest) to ``destination`` (a tag) at the pull floor: GET
-    the index, HEAD its children at the destination, copy only the missing children (by
-    digest), then PUT the index bytes unchanged. Returns the digest written and a note."""
+    the index, HEAD its children at the destination, reserve and copy only the missing children
+    (by digest), then PUT the index bytes unchanged. Returns the digest written and a note."""
     assert source.digest is not None and destination.tag is not None
     index = registries.get_manifest(source, source.digest)
     spent[0] += 1
@@ -464,6 +477,8 @@ def _copy_index(source: ImageRef, destination: ImageRef, probe: Callable[[ImageR
         raise RegistryError(f"{source}: the source served {index.digest} for {source.digest}")
     children = [child.digest for child in media.index_children(index.body, f"{source} index")]
     update = children_to_fetch(children, {child: probe(destination, child) for child in children})
+    if update.fetch:
+        reserve(len(update.fetch))  # may wait or stop (rate limit), as any copy does
     for child in update.fetch:
         from_ref = skopeo.docker_ref(ImageRef(source.host, source.repository, None, child))
         to_ref = skopeo.docker_ref(ImageRef(destination.host, destination.repository, None, child))
