@@ -31,22 +31,9 @@ def _load(path: Path) -> dict[str, Any]:
 
 def _resolved(data: dict[str, Any], name: str) -> dict[str, Any]:
     """A job with its ``extends`` chain merged the way GitLab does (deep merge of mappings)."""
-    job = data[name]
-    parents = job.get("extends", [])
-    merged: dict[str, Any] = {}
-    for parent in [parents] if isinstance(parents, str) else parents:
-        merged = _merge(merged, _resolved(data, parent))
-    return _merge(merged, {k: v for k, v in job.items() if k != "extends"})
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    result = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = _merge(result[key], value)
-        else:
-            result[key] = value
-    return result
+    job, complete = ci_schema.merge_extends(data, name)
+    assert complete, f"{name}: an extends target is missing"
+    return job
 
 
 def test_ci_files_found() -> None:
@@ -210,8 +197,11 @@ def test_template_semantics() -> None:
     assert _resolved(KILN, ".deploy_mr_image")["environment"]["name"] == (
         "mr-$CI_MERGE_REQUEST_IID/$IMAGE_NAME"
     )
-    stop = _resolved(KILN, ".stop_mr")
-    assert stop["environment"] == {"name": "mr-$CI_MERGE_REQUEST_IID", "action": "stop"}
+    # .stop_mr is merged last onto a deploy job: it brings only the stop action and the script,
+    # never an image name or environment name that would override the deploy job's.
+    assert KILN[".stop_mr"] == {"environment": {"action": "stop"}, "script": ["nox -s stop-mr"]}
+    stop = _resolved(KILN, ".stop_mr_image")
+    assert stop["environment"] == {"name": "mr-$CI_MERGE_REQUEST_IID/$IMAGE_NAME", "action": "stop"}
     for rules in (deploy_mr["rules"], stop["rules"]):
         assert all(r.get("when") in {"manual", "never"} for r in rules)
         assert any("$CI_MERGE_REQUEST_IID" in r.get("if", "") for r in rules)
@@ -240,3 +230,98 @@ def test_pipeline_stop_jobs_match_their_deploy_jobs() -> None:
         assert {n.replace("$IMAGE_NAME", image) for n in names} == {
             f"mr-$CI_MERGE_REQUEST_IID/{image}"
         }
+
+
+# --- the documented job patterns (docs/workflow.md), verbatim -----------------------------------
+
+WORKFLOW_DOC = REPO_ROOT / "docs" / "workflow.md"
+
+
+def documented_block(heading: str) -> str:
+    """The first indented code block under ``## <heading>`` of docs/workflow.md."""
+    text = WORKFLOW_DOC.read_text(encoding="utf-8")
+    section = text.split(f"## {heading}\n", 1)[1]
+    block: list[str] = []
+    for line in section.splitlines()[1:]:
+        if line.startswith("    ") or (block and not line.strip()):
+            block.append(line[4:])
+        elif block:
+            break
+    return "\n".join(block).strip() + "\n"
+
+
+ONE_IMAGE = documented_block("One image per repository")
+SEVERAL_IMAGES = documented_block("Several images: a matrix, one MR environment per image")
+
+
+def _with_templates(text: str) -> dict[str, Any]:
+    data = yaml.safe_load(text)
+    assert isinstance(data, dict)
+    return {**KILN, **data}
+
+
+def test_documented_patterns_pass_the_lint() -> None:
+    """Issue #11 (5): the lint checked jobs before extends was merged, so the documented
+    `deploy-mr: {extends: .deploy_mr, environment: {on_stop: stop-mr}}` lacked environment.name."""
+    for text in (ONE_IMAGE, SEVERAL_IMAGES):
+        problems = ci_schema.validate_text(text, "consumer.yml", definitions=KILN)
+        assert problems == [], "\n".join(map(str, problems))
+
+
+def test_lint_still_reports_what_the_merged_job_lacks() -> None:
+    text = "stop-mr:\n  extends: .stop_mr\n  stage: deploy\n"
+    problems = ci_schema.validate_text(text, "c.yml", definitions=KILN)
+    assert [(p.location, p.line) for p in problems] == [("stop-mr.environment", 1)]
+    assert "'name' is a required property" in problems[0].message
+    # a template from a file the lint does not see: what it may give is not asked for
+    unseen = "deploy-mr:\n  extends: .from_elsewhere\n  environment: {on_stop: stop-mr}\n"
+    assert ci_schema.validate_text(unseen, "c.yml") == []
+    typo = "deploy-mr:\n  extends: .from_elsewhere\n  environment: {on_stopp: stop-mr}\n"
+    assert [p.location for p in ci_schema.validate_text(typo, "c.yml")] == [
+        "deploy-mr.environment.on_stopp"]
+
+
+def test_project_lint_merges_across_included_files(tmp_path: Path) -> None:
+    (tmp_path / "ci").mkdir()
+    (tmp_path / "ci" / "kiln.yml").write_text((REPO_ROOT / "ci" / "kiln.yml").read_text())
+    (tmp_path / ".gitlab-ci.yml").write_text("include:\n  - local: ci/kiln.yml\n" + ONE_IMAGE)
+    assert ci_schema.check_project(tmp_path) == []
+
+
+def test_documented_stop_job_stops_what_its_deploy_job_started() -> None:
+    """Issue #11 (1): .stop_mr brought IMAGE_NAME=$CI_PROJECT_NAME and environment mr-<iid>,
+    overriding the deploy job's image and mr-<iid>/backend environment: the stop job removed
+    the tag of another image (reported 'absent') and stopped another environment."""
+    one = _with_templates(ONE_IMAGE)
+    stop = _resolved(one, "stop-mr")
+    deploy = _resolved(one, "deploy-mr")
+    assert deploy["environment"]["on_stop"] == "stop-mr"
+    assert stop["environment"]["name"] == deploy["environment"]["name"] == "mr-$CI_MERGE_REQUEST_IID"
+    assert stop["environment"]["action"] == "stop"
+    assert stop["script"] == ["nox -s stop-mr"]
+    assert stop["variables"] == deploy["variables"]
+    assert stop["rules"] == deploy["rules"] and stop["stage"] == deploy["stage"] == "deploy"
+
+    several = _with_templates(SEVERAL_IMAGES)
+    deploy = _resolved(several, "deploy-mr-backend")
+    stop = _resolved(several, deploy["environment"]["on_stop"])
+    assert stop["variables"]["IMAGE_NAME"] == deploy["variables"]["IMAGE_NAME"] == "backend"
+    assert stop["environment"]["name"] == "mr-$CI_MERGE_REQUEST_IID/$IMAGE_NAME"
+    assert stop["environment"]["action"] == "stop"
+    assert stop["script"] == ["nox -s stop-mr"]
+
+
+@pytest.mark.parametrize(
+    ("env", "posargs", "task"),
+    [
+        ({"IMAGE_ARCHES": "amd64 arm64"}, [], "manifest"),
+        ({"IMAGE_ARCHES": "amd64 arm64", "IMAGE_ARCH": "arm64"}, [], "build-arch"),
+        ({"IMAGE_ARCHES": "amd64 arm64"}, ["--arch", "arm64"], "build-arch"),
+        ({"IMAGE_ARCHES": " "}, [], "build"),
+    ],
+)
+def test_documented_manifest_job_assembles_the_index(env: dict[str, str], posargs: list[str],
+                                                     task: str) -> None:
+    """Issue #11 (2): the documented manifest job is a .publish_job with IMAGE_ARCHES; publish
+    ignored IMAGE_ARCHES and pushed a native single-arch build as p-<id>."""
+    assert nox_sessions.task_for_publish(env, posargs) == task

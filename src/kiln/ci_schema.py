@@ -4,8 +4,16 @@ GitLab's schema (vendored in the ``check-jsonschema`` wheel) accepts *anything* 
 such as ``.publish`` ("arbitrary YAML anchor"), so a typo like ``scirpt:`` in a template would only
 surface when a project extends it. Here every hidden key whose value is a mapping is also checked
 against ``#/definitions/job_template``; hidden keys holding lists or scalars (anchors for rule
-lists and the like) are left alone. ``extends:`` targets are checked to exist across a file and the
-files it includes locally. Problems come back with file, line and the key path.
+lists and the like) are left alone. A template is a part of a job, so a key it leaves to the job
+that extends it (``environment.name`` of a stop template) is no problem there.
+
+Jobs are checked the way GitLab checks them: after ``extends:`` is merged (:func:`merge_extends`,
+GitLab's deep merge), so ``deploy-mr: {extends: .deploy_mr, environment: {on_stop: stop-mr}}``
+has the environment name its template gives it. The templates come from the file, the files it
+includes locally and the project's other CI files; a job whose template is not among them (a
+``project:`` include) is checked for what it says itself, not for what it may lack.
+``extends:`` targets are checked to exist across a file and the files it includes locally.
+Problems come back with file, line and the key path (the job's own line for a key it inherits).
 
 Used by the ``lint`` nox session (``python -m kiln.ci_schema``) and by the test suite.
 """
@@ -155,11 +163,18 @@ def _deepest(error: Any) -> Any:
 
 def _problem(source: str, base: tuple[Any, ...], error: Any,
              lines: Mapping[tuple[Any, ...], int]) -> SchemaProblem:
-    error = _deepest(error)
+    return _as_problem(source, base, _deepest(error), lines)
+
+
+def _error_path(base: tuple[Any, ...], error: Any) -> tuple[Any, ...]:
     path = (*base, *error.absolute_path)
     unexpected = _UNEXPECTED.search(error.message)
-    if unexpected:
-        path = (*path, unexpected.group(1))
+    return (*path, unexpected.group(1)) if unexpected else path
+
+
+def _as_problem(source: str, base: tuple[Any, ...], error: Any,
+                lines: Mapping[tuple[Any, ...], int]) -> SchemaProblem:
+    path = _error_path(base, error)
     line = None
     for cut in range(len(path), -1, -1):
         if path[:cut] in lines:
@@ -171,24 +186,99 @@ def _problem(source: str, base: tuple[Any, ...], error: Any,
     return SchemaProblem(source, line, _location(path), message)
 
 
+# GitLab resolves at most this many levels of extends.
+MAX_EXTENDS_DEPTH = 11
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """GitLab's merge of ``extends``: mappings merge key by key, anything else (lists, scalars)
+    is replaced by the later value."""
+    result = dict(base)
+    for key, value in over.items():
+        current = result.get(key)
+        if isinstance(value, Mapping) and isinstance(current, Mapping):
+            result[key] = deep_merge(current, value)
+        else:
+            result[key] = value
+    return result
+
+
+def _extends_targets(body: Mapping[str, Any]) -> list[str]:
+    targets = body.get("extends", [])
+    if isinstance(targets, str):
+        return [targets]
+    return [t for t in targets if isinstance(t, str)] if isinstance(targets, list) else []
+
+
+def merge_extends(definitions: Mapping[str, Any], name: str) -> tuple[dict[str, Any], bool]:
+    """Job ``name`` as GitLab runs it: its ``extends:`` parents merged in order (each parent's
+    own ``extends`` first, later parents win), the job's own keys last, ``extends`` dropped.
+    The flag is False when a parent is missing from ``definitions`` (or the chain is deeper
+    than GitLab allows, or loops): the result is then only part of the job."""
+
+    def resolve(current: str, depth: int, chain: tuple[str, ...]) -> tuple[dict[str, Any], bool]:
+        body = definitions.get(current)
+        if not isinstance(body, Mapping) or depth > MAX_EXTENDS_DEPTH or current in chain:
+            return {}, False
+        merged: dict[str, Any] = {}
+        complete = True
+        for parent in _extends_targets(body):
+            parent_body, parent_complete = resolve(parent, depth + 1, (*chain, current))
+            merged = deep_merge(merged, parent_body)
+            complete = complete and parent_complete
+        own = {k: v for k, v in body.items() if k != "extends"}
+        return deep_merge(merged, own), complete
+
+    return resolve(name, 0, ())
+
+
+def _is_job(key: Any, value: Any) -> bool:
+    return (isinstance(key, str) and not key.startswith(".") and key not in _GLOBAL_KEYWORDS
+            and isinstance(value, Mapping))
+
+
 def validate_data(data: Any, source: str = "<string>",
-                  lines: Mapping[tuple[Any, ...], int] | None = None) -> list[SchemaProblem]:
-    """Problems of one parsed CI document (whole-file schema, then each hidden template)."""
+                  lines: Mapping[tuple[Any, ...], int] | None = None,
+                  definitions: Mapping[str, Any] | None = None) -> list[SchemaProblem]:
+    """Problems of one parsed CI document (whole-file schema with every job's ``extends``
+    merged, then each hidden template). ``definitions``: the templates and jobs of the files
+    this one is used with (its local includes); the document's own win."""
     lines = lines or {}
     if data is None:
         return [SchemaProblem(source, 1, "", "empty file: nothing for GitLab to run")]
     document_validator, template_validator = _validators()
-    problems = [
-        _problem(source, (), error, lines)
-        for error in sorted(document_validator.iter_errors(data), key=lambda e: list(e.path))
-    ]
+    partial: set[str] = set()     # jobs whose extends chain could not be followed to its end
+    merged: set[str] = set()      # jobs with extends, checked merged
+    document = data
+    if isinstance(data, Mapping):
+        known = {**(definitions or {}), **data}
+        document = dict(data)
+        for key, value in data.items():
+            if _is_job(key, value) and "extends" in value:
+                document[key], complete = merge_extends(known, key)
+                merged.add(key)
+                if not complete:
+                    partial.add(key)
+    problems = []
+    for error in sorted(document_validator.iter_errors(document), key=lambda e: list(e.path)):
+        deepest = _deepest(error)
+        path = _error_path((), deepest)
+        job = path[0] if path else None
+        if deepest.validator == "required":
+            if job in partial:
+                continue  # a key the unseen template may give
+        elif (job in merged and len(path) > 1 and isinstance(data[job], Mapping)
+              and path[1] not in data[job]):
+            continue  # inherited as it is: reported where the template writes it
+        problems.append(_as_problem(source, (), deepest, lines))
     if isinstance(data, Mapping):
         for key, value in data.items():
             if isinstance(key, str) and key.startswith(".") and isinstance(value, Mapping):
-                problems.extend(
-                    _problem(source, (key,), error, lines)
-                    for error in template_validator.iter_errors(value)
-                )
+                for error in template_validator.iter_errors(value):
+                    deepest = _deepest(error)
+                    if deepest.validator == "required":
+                        continue  # a template is part of a job: the job gives the rest
+                    problems.append(_as_problem(source, (key,), deepest, lines))
     return problems
 
 
@@ -251,15 +341,16 @@ def check_needs(data: Any, source: str = "<string>",
     return problems
 
 
-def validate_text(text: str, source: str = "<string>") -> list[SchemaProblem]:
-    """Problems of CI YAML given as text."""
+def validate_text(text: str, source: str = "<string>",
+                  definitions: Mapping[str, Any] | None = None) -> list[SchemaProblem]:
+    """Problems of CI YAML given as text (``definitions``: see :func:`validate_data`)."""
     data, lines = load_yaml(text, source)
-    return validate_data(data, source, lines)
+    return validate_data(data, source, lines, definitions)
 
 
-def validate_file(path: Path) -> list[SchemaProblem]:
+def validate_file(path: Path, definitions: Mapping[str, Any] | None = None) -> list[SchemaProblem]:
     """Problems of one CI YAML file."""
-    return validate_text(path.read_text(encoding="utf-8"), str(path))
+    return validate_text(path.read_text(encoding="utf-8"), str(path), definitions)
 
 
 def local_includes(data: Any) -> list[str]:
@@ -322,13 +413,50 @@ def ci_yaml_files(project_dir: Path) -> list[Path]:
     return files
 
 
+def _included_files(path: Path, project_dir: Path) -> list[Path]:
+    """``path`` and the files it includes locally, recursively (includes first)."""
+    order: list[Path] = []
+    pending = [path]
+    seen: set[Path] = set()
+    while pending:
+        current = pending.pop()
+        if current in seen or not current.is_file():
+            continue
+        seen.add(current)
+        order.append(current)
+        try:
+            data, _ = load_yaml(current.read_text(encoding="utf-8"), str(current))
+        except InputError:
+            continue
+        pending.extend(project_dir / include.lstrip("/") for include in local_includes(data))
+    return order[::-1]
+
+
+def project_definitions(project_dir: Path, files: Sequence[Path] = ()) -> dict[str, Any]:
+    """Every top-level key (templates and jobs) of the project's CI YAML: ``files``, then the
+    main ``.gitlab-ci.yml`` with its local includes (the main file's keys win, as in GitLab).
+    Files that do not parse add nothing (their own check reports them)."""
+    definitions: dict[str, Any] = {}
+    main = project_dir / ".gitlab-ci.yml"
+    for path in [*files, *(_included_files(main, project_dir) if main.is_file() else [])]:
+        try:
+            data, _ = load_yaml(path.read_text(encoding="utf-8"), str(path))
+        except (InputError, OSError):
+            continue
+        if isinstance(data, Mapping):
+            definitions.update(data)
+    return definitions
+
+
 def check_project(project_dir: Path, files: Sequence[Path] | None = None) -> list[SchemaProblem]:
-    """Schema problems of every CI YAML file of a project, plus dangling ``extends``."""
+    """Schema problems of every CI YAML file of a project (jobs with their ``extends`` merged
+    across the project's files), plus dangling ``extends``."""
     targets = list(files) if files else ci_yaml_files(project_dir)
+    definitions = project_definitions(project_dir, targets)
     problems: list[SchemaProblem] = []
     for path in targets:
         try:
-            problems.extend(validate_file(path))
+            problems.extend(validate_file(path, definitions))
         except InputError as exc:
             problems.append(SchemaProblem(str(path), None, "", exc.message))
     main = project_dir / ".gitlab-ci.yml"

@@ -53,16 +53,23 @@ __all__ = [
 nox.options.sessions = ["lint", "tests"]
 nox.options.error_on_external_run = False
 
-def task_for_publish(env: dict[str, str] | os._Environ[str], posargs: list[str]) -> str:
-    """``build-arch`` when an architecture is asked for (``IMAGE_ARCH`` or ``--arch``), else ``build``.
+def task_for_publish(env: Mapping[str, str], posargs: list[str]) -> str:
+    """The invoke task of ``nox -s publish``:
 
-    Any architecture, the host's included: a per-arch job of a multi-arch matrix must push
-    ``p-<id>-<arch>`` for the manifest job, which only ``build-arch`` does.
+    * ``build-arch`` when an architecture is asked for (``IMAGE_ARCH`` or ``--arch``), the
+      host's included: a per-arch job of a multi-arch matrix must push ``p-<id>-<arch>`` for
+      the manifest job, which only ``build-arch`` does;
+    * ``manifest`` when ``IMAGE_ARCHES`` is set and no architecture is: the documented manifest
+      job (docs/workflow.md) is a ``.publish_job`` with ``IMAGE_ARCHES``; it assembles the index
+      ``p-<id>`` from the per-arch tags and builds nothing;
+    * ``build`` otherwise.
     """
     wants_arch = bool(env.get("IMAGE_ARCH", "").strip()) or any(
         arg == "--arch" or arg.startswith("--arch=") for arg in posargs
     )
-    return "build-arch" if wants_arch else "build"
+    if wants_arch:
+        return "build-arch"
+    return "manifest" if env.get("IMAGE_ARCHES", "").strip() else "build"
 
 
 def _invoke(session: Session, task: str) -> None:
@@ -99,7 +106,10 @@ def lint(session: Session) -> None:
 
 @nox.session(python=False, venv_backend="none")
 def publish(session: Session) -> None:
-    """Build IMAGE_NAME and push p-<pipeline>; with IMAGE_ARCH, build that arch (p-<pipeline>-<arch>)."""
+    """Build IMAGE_NAME, push p-<pipeline>; IMAGE_ARCH: p-<pipeline>-<arch>; IMAGE_ARCHES alone: the index.
+
+    ``task_for_publish`` says which task runs.
+    """
     _invoke(session, task_for_publish(os.environ, list(session.posargs)))
 
 
