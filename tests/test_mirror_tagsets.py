@@ -416,3 +416,28 @@ def test_changed_child_reserves_only_what_it_fetches() -> None:
             assert report.pulls() == {"src.example.com": 1} and len(fake.source_gets) == 1
         else:
             assert report.pulls() == {"src.example.com": 2}
+
+
+def test_readme_mirror_benchmark_is_generated_from_the_results() -> None:
+    """The README's mirror benchmark section is what ``benchmarks/mirror.py --render`` makes of
+    ``benchmarks/results/mirror.json`` (never pasted by hand)."""
+    import importlib.util
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("mirror_benchmark", root / "benchmarks" /
+                                                  "mirror.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mirror_benchmark"] = module
+    spec.loader.exec_module(module)
+    data = json.loads((root / "benchmarks" / "results" / "mirror.json").read_text())
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    section = readme.split(module.START, 1)[1].split(module.END, 1)[0]
+    assert section.strip() == module.render(data).strip()
+    assert (root / "benchmarks" / "results" / "mirror.md").read_text().strip() == \
+        module.render(data).strip()
+    changed = [r for r in data["results"]
+               if r["scenario"] == "changed child" and r["tool"] == "kiln mirror"
+               and r["run"] == "1 child changed"]
+    assert changed[0]["manifest_gets"] == 2  # the goal: the index and the new child
