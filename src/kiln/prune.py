@@ -8,7 +8,8 @@ The plan is :mod:`kiln.retention`'s, made from one reading of the repository
 2. A removed tag whose digest stays (a kept tag, a kept index or a kept image still needs it)
    goes the way ``stop-mr`` removes ``mr-<iid>``: the tag is pointed at a unique throwaway
    manifest, and that manifest's digest is deleted; only that tag pointed at it.
-3. Digests that only removed tags led to are deleted (indexes, then artifacts, then images);
+3. Digests that only removed tags led to are deleted (artifacts, artifact tags' manifests,
+   images, indexes: an interrupted run leaves nothing the rerun cannot find);
    deleting a digest removes the tags on it, all of which the plan removes. Just before, the
    tags are listed again: a tag that appeared since the reading protects its digest.
 4. The tags are listed once more: every kept tag must still be there, every removed one gone

@@ -18,7 +18,7 @@ The rules (``docs/tags.md``):
 * A candidate created less than ``older-than`` ago stays, as does one whose age is unknown.
 * Removing a tag never removes another: the digest of a kept tag, the children of a kept index
   and the artifacts (signatures, attestations) of a kept image stay. Digests only removed tags
-  led to are deleted, artifacts before indexes before images; artifact tags
+  led to are deleted (artifacts first, indexes last: see :func:`_delete_order`); artifact tags
   (``sha256-<hex>[.sig|.att|.sbom]``) follow their subject, input-key tags (``k-<hex>``, the
   build's reuse key) their digest.
 * A plan that would leave an image without any tag is refused.
@@ -278,7 +278,7 @@ class PrunePlan:
     image: str
     policy: Policy
     decisions: tuple[Decision, ...]
-    delete: tuple[str, ...]  # digests to delete, in order (artifacts, indexes, images)
+    delete: tuple[str, ...]  # digests to delete, in order (artifacts first, indexes last)
     kept_digests: frozenset[str]
 
     @property
@@ -432,15 +432,21 @@ def _sort_key(tag: str) -> tuple[int, float, str]:
 
 
 def _delete_order(state: RepositoryState, digests: Iterable[str]) -> tuple[str, ...]:
-    """Indexes first (nothing refers to them), then artifacts, then the images they refer to."""
+    """The order that leaves a rerun everything it needs when a run is interrupted: artifacts,
+    then what artifact tags point at (a fallback index, a cosign manifest), then images, then
+    indexes. An interrupted run leaves at worst an index or a fallback index whose entries are
+    gone (still tagged: the rerun deletes it), never a tag whose subject is gone or an image
+    nothing leads to any more."""
+    on_artifact_tags = {d for t, d in state.tags.items() if artifact_tag_subject(t)}
+
     def order(digest: str) -> tuple[int, str]:
         facts = state.images.get(digest)
-        if facts is None:
-            return (3, digest)
-        if facts.children:
+        if facts is not None and facts.subject is not None:
             return (0, digest)
-        if facts.subject is not None:
+        if digest in on_artifact_tags:
             return (1, digest)
+        if facts is not None and facts.children:
+            return (3, digest)
         return (2, digest)
     return tuple(sorted(digests, key=order))
 
