@@ -6,15 +6,18 @@ nothing. Request kinds come from the registry's own access log."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
 
+from helpers.fault_proxy import FaultProxy
 from helpers.lifecycle import Seeder, exists, seed_pipelines, tags_of
 from helpers.run import run_kiln
 from kiln.local_registry import RegistryServer, registry_config
 from kiln.referrers import cosign_tags, fallback_tag
 from kiln.registry import media
+from kiln.registry.client import RegistryClient
 from kiln.registry.media import Manifest
 
 pytestmark = pytest.mark.real
@@ -181,3 +184,45 @@ def test_a_registry_refusing_deletes_changes_nothing(tmp_path: Path) -> None:
         assert {r.method for r in records} <= {"GET", "HEAD", "DELETE"}
         assert [r.status for r in records if r.method == "DELETE"] == [405]
         assert tags_of(host) == before
+
+
+def test_half_done_deletes_are_cleared(tmp_path: Path, registry: RegistryServer) -> None:
+    """distribution's half-done DELETE (manifest gone, tags still listed, HTTP 500) on the
+    first deletes: prune clears the tags left pointing at nothing, now or on the next run."""
+    host = registry.address
+    with Seeder(host) as seeder:
+        seed_pipelines(seeder, 14, step_days=10)
+    before = tags_of(host)
+    probe = "sha256:" + "0" * 64
+    lock = threading.Lock()
+    hits: list[str] = []
+
+    def rule(method: str, path: str, attempt: int) -> str | None:
+        with lock:
+            if method == "DELETE" and "/manifests/sha256:" in path and probe not in path \
+                    and attempt == 1 and len(hits) < 2:
+                hits.append(path)
+                return "delete-keeps-tag"
+        return None
+
+    with FaultProxy(host, rule, storage=registry.data_dir) as proxy:
+        proc = run_kiln(tmp_path, "prune", env=env(proxy.address))
+    assert proc.returncode == 0, proc.stderr
+    assert len(hits) == 2
+    expected = {f"{k}-{n}" for k in "pg" for n in range(5, 15)}  # the newest 10 pipelines
+    after = tags_of(host)
+    assert set(after) == expected and all(after[t] == before[t] for t in after)
+    # every delete half-done: p-3 is left listed, pointing at nothing; the next prune clears it
+    with Seeder(host) as seeder:
+        seeder.tag("p-3", seeder.image("stray", days_old=300))
+    with FaultProxy(host, lambda m, p, a: "delete-keeps-tag" if m == "DELETE" and
+                    probe not in p else None, storage=registry.data_dir) as proxy:
+        left = run_kiln(tmp_path, "prune", env=env(proxy.address))
+    assert left.returncode == 0, left.stderr
+    assert "still listed" in left.stderr
+    with RegistryClient(host) as client:
+        assert "p-3" in client.list_tags("app") and client.head_manifest("app", "p-3") is None
+    again = run_kiln(tmp_path, "prune", env=env(host))
+    assert again.returncode == 0, again.stderr
+    assert "points at nothing (a half-done delete)" in again.stdout
+    assert set(tags_of(host)) == expected

@@ -256,3 +256,14 @@ def test_input_key_tags_follow_their_digest() -> None:
     assert actions[key1] == "remove" and actions[key3] == "keep"
     assert digest(1) in plan.delete
     assert {d.tag: d.why for d in plan.decisions}[key1] == "input key of a removed image"
+
+
+def test_a_tag_pointing_at_nothing_is_cleared_when_the_policy_covers_it() -> None:
+    tags, images = pipelines(2)
+    st = RepositoryState("reg/app", tags, {i.digest: i for i in images},
+                         dangling=("p-0", "production", "nightly"))
+    plan = plan_prune(st, Policy(), NOW)
+    actions = decided(plan)
+    assert actions["p-0"] == "remove" and actions["production"] == "keep"
+    assert actions["nightly"] == "keep"
+    assert removal_steps(plan, st) == (["p-0"], [])

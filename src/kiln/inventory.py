@@ -163,8 +163,8 @@ def read_repository(client: RegistryClient, repository: str,
     state = reader.read(progress=progress)
     for tag in reader.dangling:
         console.warn(f"{reader.name}:{tag} is listed but has no manifest (removed meanwhile, "
-                     "or left dangling by an interrupted delete); skipped")
-    return state
+                     "or left pointing at nothing by a half-done delete)")
+    return RepositoryState(state.name, state.tags, state.images, tuple(sorted(reader.dangling)))
 
 
 # -- the table ---------------------------------------------------------------------------------

@@ -116,7 +116,7 @@ def prune_repository(reg: Registry, policy: Policy, *, now: datetime | None = No
         # re-pointing at a throwaway and deleting that clears it
         throwaway_removal(reg, dangling)
         after = set(reg.tags())
-    vanished = [d for d in plan.kept if d.tag not in after]
+    vanished = [d for d in plan.kept if d.tag not in after and d.digest]
     lost = [d for d in vanished if reg.head(d.digest) is None]
     if vanished and not lost:
         console.warn(f"{reg.name}: {', '.join(d.tag for d in vanished)} disappeared during the "

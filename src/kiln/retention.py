@@ -227,6 +227,7 @@ class RepositoryState:
     name: str
     tags: Mapping[str, str]  # tag -> digest
     images: Mapping[str, ImageFacts]  # digest -> facts
+    dangling: tuple[str, ...] = ()  # listed, but no manifest (a half-done delete)
 
     def tags_by_digest(self) -> dict[str, list[str]]:
         result: dict[str, list[str]] = {}
@@ -417,6 +418,14 @@ def plan_prune(state: RepositoryState, policy: Policy, now: datetime,
                                              else "needed by a kept index or image") + ")")
         decisions.append(Decision(tag, digest, state.created(digest),
                                   "keep" if keep[tag] else "remove", reason))
+    for tag in state.dangling:  # listed, pointing at nothing: clear those prune may remove
+        mine = (tag not in NEVER and tag not in open_mr_tags and is_managed(tag)
+                and not any(fnmatch.fnmatchcase(tag, p) for p in policy.keep_tags)
+                and any(fnmatch.fnmatchcase(tag, p) for p in policy.match))
+        decisions.append(Decision(
+            tag, "", None, "remove" if mine else "keep",
+            "points at nothing (a half-done delete)" if mine else
+            "points at nothing; not a tag this policy removes"))
     return PrunePlan(name, policy, tuple(decisions), _delete_order(state, doomed),
                      frozenset(kept_closure))
 
@@ -466,8 +475,8 @@ def removal_steps(plan: PrunePlan, state: RepositoryState) -> tuple[list[str], l
     by_digest = state.tags_by_digest()
     throwaway, with_digest = [], []
     for tag in sorted(removed):
-        digest = state.tags[tag]
-        if digest in doomed and all(t in removed for t in by_digest[digest]):
+        digest = state.tags.get(tag, "")  # "": dangling, re-pointed at a throwaway
+        if digest and digest in doomed and all(t in removed for t in by_digest[digest]):
             with_digest.append(tag)
         else:
             throwaway.append(tag)

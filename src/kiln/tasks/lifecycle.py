@@ -33,7 +33,7 @@ def policy_for(settings: Settings, image: str, **flags: Any) -> Policy:
 def _print_plan(outcome: pruning.Outcome, now: datetime, dry_run: bool) -> None:
     rows = plan_rows(outcome.plan, now)
     lines = [["TAG", "DIGEST", "AGE", "ACTION", "WHY"]]
-    lines += [[inventory.short_tag(r["tag"]), inventory.short_digest(r["digest"]), r["age"],
+    lines += [[inventory.short_tag(r["tag"]), inventory.short_digest(r["digest"]) or "-", r["age"],
                r["action"], r["why"]]
               for r in rows]
     text = inventory.format_table(lines)
@@ -83,7 +83,8 @@ def prune(c: Any, settings: Settings, match: list[str] | None = None, keep: str 
             action = ("removed" if done else "planned") if decision.action == "remove" \
                 else "kept"
             console.record(action, image=outcome.destination, tag=decision.tag,
-                           digest=decision.digest, decision=decision.action, why=decision.why,
+                           digest=decision.digest or None, decision=decision.action,
+                           why=decision.why,
                            age=decision.age(now))
         removed = len(outcome.plan.removed) if settings.dry_run else len(outcome.removed_tags)
         digests = outcome.plan.delete if settings.dry_run else outcome.deleted_digests
@@ -113,7 +114,12 @@ def tags(c: Any, settings: Settings) -> None:
                            architectures=list(row.arches),
                            created=row.created.isoformat() if row.created else None,
                            size=row.size)
+        for tag in state.dangling:
+            console.record("dangling", image=dest.name, tag=tag, digest=None)
         text = f"{dest}\n" + inventory.format_table(inventory.table(state))
+        if state.dangling:
+            text += ("\nlisted but pointing at nothing (a half-done delete; prune or stop-mr "
+                     f"clears them): {', '.join(state.dangling)}")
         if console.json_enabled():
             console.info(text)
         else:
