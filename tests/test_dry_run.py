@@ -77,6 +77,8 @@ CASES: dict[str, DryRun] = {
         r"^TAG +DIGEST +AGE +ACTION +WHY$",
         r"^mr-4 +sha256:[0-9a-f]{{12}} +\S+ +remove +older than",
         r"^p-7 +sha256:[0-9a-f]{{12}} +\S+ +keep +matches no pattern")),
+    "seed-upstream": DryRun(("--upstream", "library/busybox:latest"), (
+        r"^seed {host}/mirror/library/busybox:latest \(amd64, arm64\) unless",)),
     "tags": DryRun((), (r"^TAGS +DIGEST +ARCH +CREATED +SIZE$",
                         r"^mr-4 +sha256:[0-9a-f]{{12}} +amd64 ")),
 }

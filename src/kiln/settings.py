@@ -233,6 +233,12 @@ OPTIONS: tuple[Option, ...] = (
            default=("quay.io", "docker.io")),
     Option("base_image_tag", "str", "tag of our base images used in FROM", default="latest",
            env=("BASE_IMAGE_TAG",)),
+    # setup-from-base (the FROM of a service): where the base image comes from. A service
+    # repository derives from the image repository's base, i.e. another project's registry
+    # path (docs/workflow.md); default: the registry our own images go to.
+    Option("base_registry", "registry", "registry prefix setup-from-base takes the base image "
+           "from (e.g. registry.example.com/group/images; tag: base-image-tag); default: the "
+           "registry our images go to"),
     Option("buildah_image_tag", "str", "tag of the buildah image the CI jobs run in",
            default="latest", env=("buildah_image_tag", "BUILDAH_IMAGE_TAG")),
     Option("storage_driver", "str", "buildah storage driver (vfs, overlay)",
@@ -355,6 +361,7 @@ class Settings:
     upstream_registry: str = _setting("upstream_registry")
     public_registries: tuple[str, ...] = _setting("public_registries")
     base_image_tag: str = _setting("base_image_tag")
+    base_registry: str | None = _setting("base_registry")
     buildah_image_tag: str = _setting("buildah_image_tag")
     storage_driver: str | None = _setting("storage_driver")
     storage_root: Path | None = _setting("storage_root")

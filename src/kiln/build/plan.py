@@ -43,7 +43,7 @@ from kiln.tag_policy import pipeline_image_ref, pipeline_tag
 KEY_LABEL = "dev.kiln.input-key"
 KEY_VERSION = 1
 # build args kiln passes to locate FROM images; they are inputs only where other lines use them
-LOCATION_ARGS = ("REGISTRY", "UPSTREAM_REGISTRY", "BASE_IMAGE_TAG")
+LOCATION_ARGS = ("REGISTRY", "UPSTREAM_REGISTRY", "BASE_REGISTRY", "BASE_IMAGE_TAG")
 IGNORE_FILES = (".containerignore", ".dockerignore")
 
 
@@ -86,13 +86,16 @@ def build_file_for(settings: Settings, image: str) -> Path:
 
 def build_arguments(settings: Settings, image: str, registry: str, upstream_registry: str,
                     base_image_tag: str | None = None) -> dict[str, str]:
-    """Build args of every build (CONTRACT): REGISTRY, UPSTREAM_REGISTRY, BASE_IMAGE_TAG, then
-    ``settings.build_args`` and the image's own ``build_args`` (later ones win)."""
+    """Build args of every build (CONTRACT): REGISTRY, UPSTREAM_REGISTRY, BASE_IMAGE_TAG, and
+    BASE_REGISTRY when the base-registry setting is given (setup-from-base defaults it to
+    REGISTRY), then ``settings.build_args`` and the image's own ``build_args`` (later ones win)."""
     args = {
         "REGISTRY": registry,
         "UPSTREAM_REGISTRY": upstream_registry,
         "BASE_IMAGE_TAG": settings.base_image_tag,
     }
+    if settings.base_registry:
+        args["BASE_REGISTRY"] = settings.base_registry
     args.update(settings.build_args)
     args.update(settings.image_settings(image).build_args)
     if base_image_tag is not None:

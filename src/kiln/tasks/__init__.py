@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from invoke.collection import Collection
 
-from kiln.tasks import build, lifecycle, mirror, registry, run
+from kiln.tasks import build, lifecycle, mirror, registry, run, seed
 from kiln.tasks import graph as ci_graph_tasks
 from kiln.tasks.program import adopt_running_invoke
 
-TASK_MODULES = (build, registry, mirror, lifecycle, ci_graph_tasks, run)
+TASK_MODULES = (build, registry, mirror, lifecycle, ci_graph_tasks, run, seed)
 
 namespace = Collection()
 for _module in TASK_MODULES:
