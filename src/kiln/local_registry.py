@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from kiln.errors import RegistryTransientError, ToolMissingError
+from kiln.state_dir import ensure_state_dir
 
 REGISTRY_BINARY = "docker-registry"
 _LISTENING = re.compile(r"listening on (\S+?):(\d+)")
@@ -235,7 +236,7 @@ def start_local_registry(state_dir: Path, port: int = 0) -> LocalRegistryState:
     running = local_registry_status(state_dir)
     if running is not None:
         return running
-    server = RegistryServer(state_dir / "registry", addr=f"127.0.0.1:{port}")
+    server = RegistryServer(ensure_state_dir(state_dir) / "registry", addr=f"127.0.0.1:{port}")
     address = server.start(detach=True)
     assert server.process is not None
     state = LocalRegistryState(pid=server.process.pid, address=address,

@@ -33,7 +33,8 @@ and compression), and every registry seeded from one cache gets the same digests
 
 Idempotent: an image whose list in the registry already has every architecture asked for is
 skipped after one HEAD and one GET. Concurrent seeders on one machine serialise on
-``<cache>/.lock``.
+``<cache>/.make.lock`` while making an image and on ``<cache>/.lock`` while writing a
+registry's list (which they read again first, so no architecture another added is lost).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ from kiln.registry.media import (
 )
 from kiln.registry.reference import split_repository
 from kiln.settings import Settings
+from kiln.state_dir import ensure_state_dir
 
 # Every file of a seeded root filesystem gets this mtime, and the images this created time:
 # 2023-06-10 00:00 UTC, the release of Debian 12 "bookworm".
@@ -315,34 +317,52 @@ def seed_upstream(settings: Settings, registry: str, *, names: Iterable[str] | N
     images = selected_images(names)
     asked = list(arches) if arches is not None else None
     plans = [(image, wanted_arches(image, asked)) for image in images]
-    cache = cache_dir or settings.state_dir / "seed"
+    cache = cache_dir or ensure_state_dir(settings.state_dir) / "seed"
     cache.mkdir(parents=True, exist_ok=True)
     ctx = _Context(settings, registry, cache)
     pushed: list[str] = []
-    with _lock(cache / ".lock"):
-        for image, wanted in plans:
-            ref = mirror_ref(registry, image.name)
+    for image, wanted in plans:
+        ref = mirror_ref(registry, image.name)
+        with _lock(cache / ".lock"):
             children = _registry_children(ctx, image.repository, image.tag)
-            missing = [arch for arch in wanted if arch not in children]
-            if not missing:
-                console.info(f"{ref}: already in the registry ({', '.join(wanted)}), not seeded "
-                             "again")
-                continue
-            started = time.monotonic()
-            console.step(f"seeding {ref} for {', '.join(missing)}"
-                         + (f" (the registry has {', '.join(children)})" if children else ""))
-            make = _debian_layout if image.repository == "library/debian" else _busybox_layout
-            for arch in missing:
-                layout = make(ctx, arch)
+        missing = [arch for arch in wanted if arch not in children]
+        if not missing:
+            console.info(f"{ref}: already in the registry ({', '.join(wanted)}), not seeded again")
+            continue
+        started = time.monotonic()
+        console.step(f"seeding {ref} for {', '.join(missing)}"
+                     + (f" (the registry has {', '.join(children)})" if children else ""))
+        layouts = {arch: _layout(ctx, image, arch) for arch in missing}
+        with _lock(cache / ".lock"):
+            # Read again: another seeder may have added architectures meanwhile; keep them.
+            children = _registry_children(ctx, image.repository, image.tag)
+            added = [arch for arch in missing if arch not in children]
+            for arch in added:
                 arch_ref = f"{ref}-{arch}"
-                digest, size = _copy_to_registry(ctx, layout, arch_ref)
+                digest, size = _copy_to_registry(ctx, layouts[arch], arch_ref)
                 children[arch] = (digest, size, arch)
                 pushed.append(arch_ref)
-            _put_list(ctx, image.repository, image.tag,
-                      manifest_list(ordered_children(children.values())))
-            pushed.append(ref)
-            console.info(f"{ref} ready after {time.monotonic() - started:.0f}s")
+            if added:
+                _put_list(ctx, image.repository, image.tag,
+                          manifest_list(ordered_children(children.values())))
+                pushed.append(ref)
+        console.info(f"{ref} ready after {time.monotonic() - started:.0f}s")
     return pushed
+
+
+def _layout(ctx: _Context, image: UpstreamImage, arch: str) -> Path:
+    """The cached image of ``image`` for ``arch``, made when missing. Making serialises on
+    ``<cache>/.make.lock`` (minutes for a foreign Debian), while seeding from images already
+    cached only takes ``<cache>/.lock`` for the registry's read-copy-write (seconds)."""
+    if image.repository == "library/debian":
+        layout = ctx.cache / debian_cache_name(arch)
+        if _cached(layout):
+            console.info(f"using the cached Debian image {layout}")
+            return layout
+    with _lock(ctx.cache / ".make.lock"):
+        if image.repository == "library/debian":
+            return _debian_layout(ctx, arch)
+        return _busybox_layout(ctx, arch)
 
 
 def manifest_list(children: Sequence[tuple[str, int, str]]) -> bytes:
