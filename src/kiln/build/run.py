@@ -87,6 +87,7 @@ from kiln.registry.access import ToolAccess
 from kiln.registry.client import RegistryClient, open_client
 from kiln.registry.reference import parse_reference
 from kiln.settings import Settings
+from kiln.state_dir import ensure_state_dir
 from kiln.tag_policy import key_tag
 
 # KILN_CA_BUNDLE is mounted here for RUN steps (read-only, never in a layer) and not over the
@@ -485,6 +486,7 @@ def refuse_credentials(settings: Settings, steps: Sequence[Step],
     for step in steps:
         containerfile = containerfile_path(settings, step.image, step.arch)
         if not settings.dry_run:
+            ensure_state_dir(settings.state_dir)
             containerfile.parent.mkdir(parents=True, exist_ok=True)
             containerfile.write_text(step.text, encoding="utf-8")
         credentials.check_build_inputs(step.image, step.text, str(containerfile),
@@ -730,6 +732,7 @@ def _build_step(settings: Settings, buildah: Buildah, target: Target, step: Step
     """Build and check one image (inside its log section); returns (argv, Containerfile).
     The Containerfile written is the pinned one (FROM images by digest) when the key is known."""
     containerfile = containerfile_path(settings, step.image, step.arch)
+    ensure_state_dir(settings.state_dir)
     containerfile.parent.mkdir(parents=True, exist_ok=True)
     if settings.ca_bundle is not None:
         step = replace(step, pinned_text=ca_bundle_text(step.build_text))
