@@ -140,9 +140,8 @@ def run_image(settings: Settings, image: str, *, env: Iterable[str] = (),
     if not settings.dry_run:
         proc.which("buildah")
     buildah = Buildah.from_settings(settings)
-    plan = _locate(settings, buildah, image, foreign, variables, code, tuple(args))
-    plan = RunPlan(plan.image, plan.ref, plan.local, plan.env, plan.code, plan.args,
-                   tuple(cap_add))
+    ref, local = _locate(settings, buildah, image, foreign)
+    plan = RunPlan(image, ref, local, variables, code, tuple(args), tuple(cap_add))
     if settings.dry_run:
         return _print_plan(settings, buildah, plan)
     host = access.registry_host(plan.ref)
@@ -165,31 +164,28 @@ def run_image(settings: Settings, image: str, *, env: Iterable[str] = (),
             workdir=CODE_TARGET if folder else None, cap_add=cap_add)
         console.step(f"running {plan.ref}: {shown_command(command, {})}"
                      + (f" (with {folder} at {CODE_TARGET})" if folder else ""))
-        code_exit = proc.run_attached(argv, stdout_to_stderr=console.json_enabled())
+        exit_code = proc.run_attached(argv, stdout_to_stderr=console.json_enabled())
     finally:
         proc.run(buildah.rm_command(container), what=f"buildah rm {container}", check=False)
     console.record("ran", image=plan.ref.rpartition(":")[0], tag=plan.ref.rpartition(":")[2],
-                   name=image, exit_code=code_exit)
-    return code_exit
+                   name=image, exit_code=exit_code)
+    return exit_code
 
 
-def _locate(settings: Settings, buildah: Buildah, image: str, arch: str | None,
-            env: Mapping[str, str], code: str | bool | None,
-            args: tuple[str, ...]) -> RunPlan:
-    """The reference to run: local storage first, then the registry; a clear error when the
-    image is in neither place."""
+def _locate(settings: Settings, buildah: Buildah, image: str,
+            arch: str | None) -> tuple[str, bool]:
+    """The reference to run and whether it is in local storage (else it is pulled from the
+    registry); a clear error when there is no registry and no such image here."""
     chosen = access.target_registry(settings, start=False)
     tag_ref = pipeline_image_ref(chosen.prefix or "localhost", image, settings.pipeline_id, arch)
     tag = tag_ref.rpartition(":")[2]
     if chosen.prefix is not None:
-        ref = tag_ref
-        local = settings.dry_run is False and buildah.image_exists(ref)
-        return RunPlan(image, ref, local, env, code, args)
+        return tag_ref, not settings.dry_run and buildah.image_exists(tag_ref)
     if not settings.dry_run:
         suffix = f"/{image}:{tag}"
         for name in buildah.local_names():
             if name.endswith(suffix):
-                return RunPlan(image, name, True, env, code, args)
+                return name, True
     raise InputError(
         f"no image {image}:{tag} in local storage, and no registry to pull it from (the "
         "embedded registry is not running and none is configured)",
