@@ -9,6 +9,7 @@ parent's pipeline id, and YAML that passes GitLab's CI JSON schema and the ``nee
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -254,7 +255,6 @@ def test_readme_benchmark_table_is_the_one_the_results_make() -> None:
     benchmarks/graph.py, never pasted."""
     import importlib.util
     import json
-    from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
     spec = importlib.util.spec_from_file_location("benchmark_graph", root / "benchmarks" / "graph.py")
@@ -266,3 +266,39 @@ def test_readme_benchmark_table_is_the_one_the_results_make() -> None:
     assert section is not None, "README.md lacks the graph benchmark markers"
     assert section == module.render_table(results)
     assert (root / "benchmarks" / "results" / "graph.md").read_text().rstrip("\n").endswith(section)
+
+
+@pytest.mark.tool
+def test_ci_graph_task_exit_codes_and_dry_run(tmp_path: Path) -> None:
+    """Bad input exits 2 with what to do, before any registry request and writing nothing;
+    --dry-run prints the child pipeline (valid GitLab CI) and writes nothing."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "builds").mkdir()
+    (tmp_path / "builds" / "base.in").write_text(
+        "ARG UPSTREAM_REGISTRY=docker.io\nFROM ${UPSTREAM_REGISTRY}/library/busybox:latest\n")
+    (tmp_path / "builds" / "app.in").write_text(
+        "ARG REGISTRY\nARG BASE_IMAGE_TAG=latest\nFROM ${REGISTRY}/base:${BASE_IMAGE_TAG}\n")
+    (tmp_path / "tasks.py").write_text("from kiln.tasks import namespace  # noqa: F401\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CI", "KILN_", "IMAGE_"))}
+    env.update(PYTHONPATH=str(root / "src"), KILN_REGISTRY="registry.invalid/group")
+
+    def ci_graph(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "invoke", "ci-graph", *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    needed = ci_graph("--exclude", "base")
+    assert needed.returncode == 2, needed.stderr
+    assert "cannot leave base out of the generated pipeline: app is built FROM it" in needed.stderr
+    unknown = ci_graph("--exclude", "nope")
+    assert unknown.returncode == 2 and "--exclude nope: no such image" in unknown.stderr
+    assert "images: app, base" in unknown.stderr
+    dry = ci_graph("--dry-run", "--exclude", "app")
+    assert dry.returncode == 0, dry.stderr
+    text = dry.stdout.split("\n", 1)[1]  # after "# write <file>"
+    assert ci_schema.validate_text(text) == []
+    assert "build:base:" in text and "build:app:" not in text
+    assert not (tmp_path / "kiln-child-pipeline.yml").exists()

@@ -149,7 +149,9 @@ def _seed_busybox(repo: Path, registry: str, storage: dict[str, Path]) -> str:
 
 
 def _pipeline(project: dict[str, Any], pipeline: str) -> tuple[str, list[str]]:
-    """Run the parent pipeline; its output and the child jobs that passed, in order."""
+    """Run the parent pipeline; its output and the child jobs that passed, in the order they
+    ran. One job at a time: the jobs share one buildah storage here (on GitLab each job has
+    its own), and two architectures' pulls of one upstream tag into one storage race."""
     result = gitlab_ci_local(project["repo"], DEFAULT_BRANCH, pipeline, {}, env=project["env"],
                              concurrency=1)
     output = result.stdout + result.stderr

@@ -139,6 +139,12 @@ def ci_graph(c: Any, settings: Settings, output: str = DEFAULT_OUTPUT, copy: boo
         raise InputError(f"no build files (*.in) in {settings.builds_dir}",
                          hint="ci-graph generates jobs for builds/<image>.in files")
     excluded = excluded_images(exclude, os.environ)
+    for name in excluded:  # before any registry request
+        if name not in names:
+            raise InputError(f"--exclude {name}: no such image (no {settings.builds_dir}/"
+                             f"{name}.in)", hint=f"images: {', '.join(names)}")
+    if excluded:  # the graph's shape alone (no registry request) says what may be left out
+        _without(engine.describe_graph(settings.replace(dry_run=True), names), excluded)
     arch_list: list[str | None] = list(settings.arches) if len(settings.arches) > 1 else [None]
     graphs = {arch: engine.describe_graph(settings, names, arch, rebuild=rebuild)
               for arch in arch_list}
