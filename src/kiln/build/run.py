@@ -303,9 +303,11 @@ class Plan:
                 for name in self.graph.order()]
 
 
-def plan_graph(settings: Settings, roots: Sequence[str], arch: str | None = None) -> Plan:
+def plan_graph(settings: Settings, roots: Sequence[str], arch: str | None = None, *,
+               inspect: Callable[[Source], None] | None = None) -> Plan:
     """Read the build files of ``roots`` (and, with ``deps``, of every image of ours they are
-    built FROM) into a graph; errors for unknown images, cycles and missing build files."""
+    built FROM) into a graph; errors for unknown images, cycles and missing build files.
+    ``inspect`` sees each source as soon as it is read: the credential check comes first."""
     roots = tuple(dict.fromkeys(roots))
     for name in roots:
         build_file_for(settings, name)
@@ -326,7 +328,10 @@ def plan_graph(settings: Settings, roots: Sequence[str], arch: str | None = None
                                    dependency_tag(settings.pipeline_id, arch))
             froms = parse_from_lines(text, args)
         rel = os.path.relpath(containerfile_path(settings, name, arch), context)
-        return Source(name, f"builds/{name}.in", rel, text, args, tuple(froms))
+        source = Source(name, f"builds/{name}.in", rel, text, args, tuple(froms))
+        if inspect is not None:
+            inspect(source)
+        return source
 
     external = _external_check(settings, target, registry_up)
     sources = read_sources(roots, load, registry=target.registry,
@@ -484,16 +489,21 @@ def refuse_credentials(settings: Settings, steps: Sequence[Step],
     Outside a dry run the Containerfiles are written first, so the file:line in the message
     can be opened (``invoke preprocess`` prints the same text)."""
     for step in steps:
-        containerfile = containerfile_path(settings, step.image, step.arch)
-        if not settings.dry_run:
-            ensure_state_dir(settings.state_dir)
-            containerfile.parent.mkdir(parents=True, exist_ok=True)
-            containerfile.write_text(step.text, encoding="utf-8")
-        credentials.check_build_inputs(step.image, step.text, str(containerfile),
-                                       step.build_args, labels=labels,
-                                       allow=settings.secret_allow,
-                                       build_file=f"builds/{step.image}.in",
-                                       sources=build_sources(settings, step.image))
+        refuse_image_credentials(settings, step.image, step.arch, step.text, step.build_args,
+                                 labels)
+
+
+def refuse_image_credentials(settings: Settings, image: str, arch: str | None, text: str,
+                             build_args: Mapping[str, str], labels: Mapping[str, str]) -> None:
+    """:func:`refuse_credentials` for one image, as soon as its build file is read."""
+    containerfile = containerfile_path(settings, image, arch)
+    if not settings.dry_run:
+        ensure_state_dir(settings.state_dir)
+        containerfile.parent.mkdir(parents=True, exist_ok=True)
+        containerfile.write_text(text, encoding="utf-8")
+    credentials.check_build_inputs(image, text, str(containerfile), build_args, labels=labels,
+                                   allow=settings.secret_allow, build_file=f"builds/{image}.in",
+                                   sources=build_sources(settings, image))
 
 
 def build_sources(settings: Settings, image: str) -> dict[str, str]:
@@ -584,11 +594,17 @@ def build(settings: Settings, image: str | Sequence[str], arch: str | None = Non
     if settings.ca_bundle is not None and not settings.ca_bundle.is_file():
         raise ConfigError(f"CA bundle {settings.ca_bundle} does not exist",
                           hint="set KILN_CA_BUNDLE / ca-bundle to an existing PEM file")
-    plan = plan_graph(settings, roots, arch)
-    steps = plan.steps(settings.pipeline_id)
+    for name in dict.fromkeys(roots):  # bad input first: before git or a registry is asked
+        build_file_for(settings, name)
+    access.configured_registry(settings)
     source, revision, created, epoch = _source_facts(settings, None)
     labels = oci_labels(source, revision, created)
-    refuse_credentials(settings, steps, labels)
+
+    def refuse(src: Source) -> None:
+        refuse_image_credentials(settings, src.image, arch, src.text, src.build_args, labels)
+
+    plan = plan_graph(settings, roots, arch, inspect=refuse)
+    steps = plan.steps(settings.pipeline_id)
     if settings.dry_run:
         return _print_plan(settings, buildah, plan.target, steps, labels, problems,
                            rebuild=rebuild, epoch=epoch)
