@@ -375,9 +375,11 @@ def render_table(results: Mapping[str, Any]) -> str:
         f"ratio {nothing['ci_graph_ratio']:.3f}; child pipeline: "
         f"{nothing['ci_graph_child_jobs']} job |",
         "| requests per image, manifest HEAD / GET / PUT / blob+upload: reuse | "
-        f"{per(reuse)} |",
-        f"| ... `ci-graph` | {per(ci)} |",
-        f"| ... `--rebuild` | {per(rebuild)} |",
+        f"{per(reuse)} (plus {reuse['upstream manifest requests']:g} manifest requests for the "
+        "upstream FROM image's digest, per run) |",
+        f"| ... `ci-graph` | {per(ci)} (plus {ci['upstream manifest requests']:g} upstream) |",
+        f"| ... `--rebuild` | {per(rebuild)} (plus {rebuild['upstream manifest requests']:g} "
+        f"upstream manifest and {rebuild['upstream blob requests']:g} blob requests) |",
         f"| one leaf changed ({demo['leaf_changed']['image']}) | built: "
         f"{', '.join(demo['leaf_changed']['built'])}; reused: "
         f"{len(demo['leaf_changed']['reused'])} images |",
