@@ -15,6 +15,7 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -68,15 +69,28 @@ def _reset_console() -> None:
     console.reset()  # a fresh Console: no registered secrets, no summary, no open sections
 
 
+def skip_or_fail(message: str) -> NoReturn:
+    """The one way a test steps aside: skipped on a workstation, failed in CI (``CI`` set),
+    where ``ci/setup-host.sh`` installs every tool and the job runs as root, so nothing a test
+    needs can be missing there and a skip would only hide a test (tests/test_claims.py keeps
+    every other ``pytest.skip`` out of the suite)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI is set: a test may not skip in CI)")
+    pytest.skip(message)
+
+
 def require_tool(name: str, package: str) -> str:
     """Path of a host tool; skip locally when missing, but fail in CI (where .ci/run installs it)."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} not installed (apt-get install {package})"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(f"{name} not installed (apt-get install {package})")
     return path
+
+
+def require_root(why: str) -> None:
+    """Root, or: skip locally, fail in CI (CI jobs run as root, see ci/setup-host.sh)."""
+    if os.geteuid() != 0:
+        skip_or_fail(f"{why} (not root)")
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, require_tool
+from conftest import REPO_ROOT, require_tool, skip_or_fail
 from helpers.run import run_kiln
 from kiln import build, preprocess, seed
 from kiln.containerfile import logical_lines, parse_from_lines
@@ -131,7 +131,7 @@ def python_image(shared_registry: RegistryServer, buildah_storage: dict[str, Pat
     for tool, package in (("buildah", "buildah"), ("skopeo", "skopeo")):
         require_tool(tool, package)
     if os.geteuid() != 0 and not list(SEED_CACHE.glob("debian-bookworm-*/manifest.json")):
-        pytest.skip("the offline Debian image needs root once (debootstrap)")
+        skip_or_fail("the offline Debian image needs root once (debootstrap)")
     settings = workflow_settings(shared_registry, buildah_storage,
                                  tmp_path_factory.mktemp("state"))
     seed.seed_upstream(settings, shared_registry.address, names=["library/debian:bookworm"],

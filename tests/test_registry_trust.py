@@ -593,12 +593,12 @@ def test_a_ca_bundle_is_mounted_beside_the_system_bundle(tmp_path: Path,
     import shutil
     import subprocess
 
-    from conftest import require_tool
+    from conftest import require_tool, skip_or_fail
 
     require_tool("buildah", "buildah")
     busybox = shutil.which("busybox")
     if busybox is None:
-        pytest.skip("busybox not installed (apt-get install busybox-static)")
+        skip_or_fail("busybox not installed (apt-get install busybox-static)")
     (tmp_path / "builds").mkdir()
     shutil.copy(busybox, tmp_path / "busybox")
     (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nkiln test\n")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, require_tool
+from conftest import REPO_ROOT, require_tool, skip_or_fail
 from helpers.run import run_kiln
 from kiln import build, console, seed
 from kiln.buildah import Buildah
@@ -141,7 +141,7 @@ def built_backend(shared_registry: RegistryServer, buildah_storage: dict[str, Pa
     for tool, package in (("buildah", "buildah"), ("skopeo", "skopeo")):
         require_tool(tool, package)
     if os.geteuid() != 0 and not list(SEED_CACHE.glob("debian-bookworm-*/manifest.json")):
-        pytest.skip("the offline Debian image needs root once (debootstrap)")
+        skip_or_fail("the offline Debian image needs root once (debootstrap)")
     settings = workflow_settings(shared_registry, buildah_storage,
                                  tmp_path_factory.mktemp("run-state"))
     seed.seed_upstream(settings, shared_registry.address, names=["library/debian:bookworm"],

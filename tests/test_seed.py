@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, require_tool
+from conftest import REPO_ROOT, require_tool, skip_or_fail
 from kiln import seed
 from kiln.errors import InputError, ToolMissingError
 from kiln.local_registry import RegistryServer
@@ -246,7 +246,7 @@ def digest(body: bytes) -> str:
 def busybox_cache_ready() -> None:
     """arm64 busybox comes from apt (dpkg --add-architecture, apt-get update): root, once."""
     if os.geteuid() != 0 and not list(SEED_CACHE.glob("busybox-static_*_arm64.deb")):
-        pytest.skip("seeding arm64 busybox needs root once (apt-get download busybox-static:arm64)")
+        skip_or_fail("seeding arm64 busybox needs root once (apt-get download busybox-static:arm64)")
 
 
 @pytest.mark.real

@@ -20,29 +20,27 @@ from kiln.tag_policy import (
 pytestmark = pytest.mark.usefixtures("no_subprocess")
 
 PIPELINES = ["123", "local"]
-SUCCEEDED = [True, False]
 BRANCHES = [None, "main", "feature/x"]  # default branch is "main"
 GIT_TAGS = [None, "v1.2.3", "release_2024.01"]
 MRS = [None, "7"]
 
 
-def _ci(pipeline: str, ok: bool, branch: str | None, git_tag: str | None,
-        mr: str | None) -> CIContext:
-    return CIContext(in_ci=pipeline != "local", pipeline_id=pipeline, pipeline_succeeded=ok,
-                     commit_branch=branch, default_branch="main", commit_tag=git_tag,
-                     merge_request_iid=mr)
+def _ci(pipeline: str, branch: str | None, git_tag: str | None, mr: str | None) -> CIContext:
+    """The context :meth:`CIContext.from_env` builds from these GitLab variables."""
+    env = {"CI_DEFAULT_BRANCH": "main", "CI_COMMIT_BRANCH": branch or "",
+           "CI_COMMIT_TAG": git_tag or "", "CI_MERGE_REQUEST_IID": mr or ""}
+    if pipeline != "local":
+        env |= {"CI": "true", "CI_PIPELINE_ID": pipeline}
+    return CIContext.from_env(env)
 
 
 @pytest.mark.parametrize(
-    ("pipeline", "ok", "branch", "git_tag", "mr"),
-    list(itertools.product(PIPELINES, SUCCEEDED, BRANCHES, GIT_TAGS, MRS)),
+    ("pipeline", "branch", "git_tag", "mr"),
+    list(itertools.product(PIPELINES, BRANCHES, GIT_TAGS, MRS)),
 )
-def test_every_combination(pipeline: str, ok: bool, branch: str | None, git_tag: str | None,
+def test_every_combination(pipeline: str, branch: str | None, git_tag: str | None,
                            mr: str | None) -> None:
-    tags = tags_for(_ci(pipeline, ok, branch, git_tag, mr))
-    if not ok:
-        assert tags == ()  # a failed pipeline gets no g-/latest/tag/mr- tag (p- stays)
-        return
+    tags = tags_for(_ci(pipeline, branch, git_tag, mr))
     # Each row of the table, checked independently.
     assert tags[0] == f"g-{pipeline}"
     assert ("latest" in tags) == (branch == "main")
@@ -55,10 +53,10 @@ def test_every_combination(pipeline: str, ok: bool, branch: str | None, git_tag:
 
 
 def test_examples() -> None:
-    assert tags_for(_ci("100", True, "main", None, None)) == ("g-100", "latest")
-    assert tags_for(_ci("101", True, None, "v2.0", None)) == ("g-101", "v2.0")
-    assert tags_for(_ci("102", True, None, None, "7")) == ("g-102", "mr-7")
-    assert tags_for(_ci("103", True, "feature", None, None)) == ("g-103",)
+    assert tags_for(_ci("100", "main", None, None)) == ("g-100", "latest")
+    assert tags_for(_ci("101", None, "v2.0", None)) == ("g-101", "v2.0")
+    assert tags_for(_ci("102", None, None, "7")) == ("g-102", "mr-7")
+    assert tags_for(_ci("103", "feature", None, None)) == ("g-103",)
 
 
 def test_default_branch_unknown_means_no_latest() -> None:
@@ -71,10 +69,10 @@ def test_default_branch_unknown_means_no_latest() -> None:
 def test_invalid_git_tag_is_a_clear_error(bad: str) -> None:
     if bad == "":
         # An empty CI_COMMIT_TAG means "not a tag pipeline".
-        assert tags_for(_ci("1", True, None, bad or None, None)) == ("g-1",)
+        assert tags_for(_ci("1", None, bad or None, None)) == ("g-1",)
         return
     with pytest.raises(InputError) as info:
-        tags_for(_ci("1", True, None, bad, None))
+        tags_for(_ci("1", None, bad, None))
     assert repr(bad) in str(info.value)
     assert "rename the git tag" in str(info.value)
 
@@ -115,9 +113,9 @@ def test_mr_tag() -> None:
 def test_pipeline_tag_and_reference() -> None:
     from kiln.tag_policy import pipeline_image_ref, pipeline_tag
 
-    assert pipeline_tag("123") == "p-123" == source_tag(_ci("123", True, None, None, None))
+    assert pipeline_tag("123") == "p-123" == source_tag(_ci("123", None, None, None))
     assert pipeline_tag("123", "aarch64") == "p-123-arm64"
-    assert arch_tag(_ci("9", True, None, None, None), "x86_64") == "p-9-amd64"
+    assert arch_tag(_ci("9", None, None, None), "x86_64") == "p-9-amd64"
     assert pipeline_image_ref("reg.example/g/", "app", "local", "arm64") == \
         "reg.example/g/app:p-local-arm64"
     for bad in ("12 3", "12/34", "", "-1", "x" * 102):
@@ -143,3 +141,37 @@ def test_no_other_module_spells_a_pipeline_tag() -> None:
     offenders = [str(path) for path in Path(kiln.__file__).parent.rglob("*.py")
                  if path.name != "tag_policy.py" and spelled.search(path.read_text("utf-8"))]
     assert offenders == []
+
+
+# -- no policy that a pipeline cannot reach ----------------------------------------------------
+
+def test_every_context_field_comes_from_the_environment() -> None:
+    """Each field of CIContext that the tag policy may read is set by ``from_env``: a field no
+    variable sets (``pipeline_succeeded`` once) makes a branch of the policy that no pipeline
+    can reach, tested for nothing."""
+    import dataclasses
+
+    env = {"CI": "true", "CI_PIPELINE_ID": "77", "CI_COMMIT_BRANCH": "feature",
+           "CI_DEFAULT_BRANCH": "main", "CI_COMMIT_TAG": "v9", "CI_MERGE_REQUEST_IID": "3",
+           "CI_PROJECT_NAME": "proj", "CI_JOB_NAME": "job", "CI_PROJECT_URL": "https://x/g/p",
+           "CI_COMMIT_SHA": "a" * 40, "CI_REGISTRY": "reg.example",
+           "CI_REGISTRY_IMAGE": "reg.example/g/p", "CI_REGISTRY_USER": "ci-user"}
+    default, from_env = CIContext(), CIContext.from_env(env)
+    unset = [f.name for f in dataclasses.fields(CIContext)
+             if getattr(from_env, f.name) == getattr(default, f.name)]
+    assert unset == [], f"CIContext fields no environment variable sets: {unset}"
+
+
+def test_a_failed_pipeline_gets_no_tag_because_the_tag_job_runs_on_success_only() -> None:
+    """docs/tags.md: "a failed pipeline writes no g-, latest, git-tag or mr- tag". GitLab holds
+    that, not tags_for: the ``.tag`` job's every rule is ``on_success`` or ``never``."""
+    from pathlib import Path
+
+    import yaml
+
+    templates = yaml.safe_load((Path(__file__).parent.parent / "ci" / "kiln.yml").read_text())
+    rules = templates[".tag"]["rules"]
+    assert rules and {rule.get("when", "on_success") for rule in rules} <= {"on_success", "never"}
+    assert templates[".tag"]["stage"] == "tag"
+    stages = templates["stages"]
+    assert stages.index("test") < stages.index("tag")

@@ -29,7 +29,6 @@ class CIContext:
 
     in_ci: bool = False
     pipeline_id: str = LOCAL_PIPELINE_ID
-    pipeline_succeeded: bool = True
     commit_branch: str | None = None
     default_branch: str | None = None
     commit_tag: str | None = None

@@ -99,9 +99,8 @@ def git_tag_as_image_tag(tag: str) -> str:
 
 
 def tags_for(ci: CIContext) -> tuple[str, ...]:
-    """The tags ``tag`` writes for this pipeline, in a stable order; empty if it failed."""
-    if not ci.pipeline_succeeded:
-        return ()
+    """The tags ``tag`` writes for this pipeline, in a stable order. A failed pipeline never
+    gets here: the ``.tag`` job runs only ``on_success`` (ci/kiln.yml), after the test stage."""
     tags = [f"g-{_pipeline(ci.pipeline_id)}"]
     if ci.is_default_branch:
         tags.append(LATEST)

@@ -9,14 +9,11 @@ the comparison cannot vanish from a pipeline. ``ci/setup-host.sh`` installs ``cp
 from __future__ import annotations
 
 import functools
-import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import pytest
-
-from conftest import require_tool
+from conftest import require_tool, skip_or_fail
 
 CPP_FLAGS = ("-E", "-P", "-traditional", "-undef", "-nostdinc")
 
@@ -26,9 +23,7 @@ def require_gnu_cpp() -> str:
     cpp = require_tool("cpp", "cpp")
     problem = _probe(cpp)
     if problem:
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
+        skip_or_fail(problem)
     return cpp
 
 
