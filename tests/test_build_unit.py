@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import stat
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -274,6 +275,19 @@ def test_build_command_native() -> None:
         "--label", "org.opencontainers.image.created=T",
         "-f", "/s/Containerfile", "-t", "reg.example/g/backend:p-1", "/repo",
     ]
+
+
+def test_build_command_with_key_and_commit_time() -> None:
+    """The input key becomes a label; the commit time fixes created times (--timestamp) and
+    reaches RUN steps as SOURCE_DATE_EPOCH (pip's .pyc files, useradd's shadow entries)."""
+    s = settings()
+    step = replace(_step(), key="sha256:" + "ab" * 32)
+    argv = build.build_command(Buildah.from_settings(s), s, step, TARGET,
+                               containerfile=Path("/s/Containerfile"), labels={},
+                               timestamp=1700000000)
+    assert argv[argv.index("--timestamp") + 1] == "1700000000"
+    assert "SOURCE_DATE_EPOCH=1700000000" in argv
+    assert f"dev.kiln.input-key=sha256:{'ab' * 32}" in argv
 
 
 def test_build_command_foreign_arch_insecure_local_ca_and_auth(tmp_path: Path) -> None:

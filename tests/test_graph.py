@@ -15,6 +15,7 @@ from kiln.build.plan import (
     IgnoreRules,
     context_entries,
     copy_sources,
+    declare_after_from,
     input_key,
     key_build_args,
     parse_jobs,
@@ -253,3 +254,10 @@ def test_key_tag_is_owned_by_tag_policy_and_reserved() -> None:
         key_tag("md5:abc")
     with pytest.raises(InputError, match="collides with a tag kiln manages"):
         git_tag_as_image_tag(key_tag(key))
+
+
+def test_source_date_epoch_is_declared_in_every_stage() -> None:
+    text = "FROM a AS one\nRUN true\nFROM \\\n    b\nRUN x"
+    assert declare_after_from(text, ("SOURCE_DATE_EPOCH",)) == (
+        "FROM a AS one\nARG SOURCE_DATE_EPOCH\nRUN true\nFROM \\\n    b\n"
+        "ARG SOURCE_DATE_EPOCH\nRUN x")

@@ -198,6 +198,19 @@ def pin_from_lines(text: str, froms: Sequence[FromLine], pins: Mapping[str, str]
     return "".join(lines)
 
 
+def declare_after_from(text: str, names: Sequence[str]) -> str:
+    """``text`` with ``ARG <names>`` after each FROM: a build arg reaches a stage's RUN steps
+    only when the stage declares it (and, as an ARG, it stays out of the image config)."""
+    lines = text.splitlines(keepends=True)
+    declare = "ARG " + " ".join(names) + "\n"
+    for end in sorted({i.end_line for i in instructions(text) if i.keyword == "FROM"},
+                      reverse=True):
+        if end <= len(lines) and not lines[end - 1].endswith("\n"):
+            lines[end - 1] += "\n"
+        lines.insert(end, declare)
+    return "".join(lines)
+
+
 def strip_reference(ref: str) -> str:
     """``host/repo:tag@digest`` -> ``host/repo`` (a tag only after the last ``/``)."""
     ref = ref.split("@", 1)[0]

