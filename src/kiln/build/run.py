@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kiln import console, credentials, proc, qemu, seed
+from kiln import console, credentials, proc, promote, qemu, seed
 from kiln.arch import host_arch, normalize_arch
 from kiln.build.graph import ImageGraph, Node
 from kiln.build.plan import (
@@ -609,6 +609,11 @@ def build(settings: Settings, image: str | Sequence[str], arch: str | None = Non
 
     plan = plan_graph(settings, roots, arch, inspect=refuse)
     steps = plan.steps(settings.pipeline_id)
+    if plan.target.push and not plan.target.local:
+        for step in steps:  # a private image is never pushed to a public registry
+            promote.check_private(settings, step.image,
+                                  promote.Destination.from_prefix(plan.target.registry,
+                                                                  step.image))
     if settings.dry_run:
         return _print_plan(settings, buildah, plan.target, steps, labels, problems,
                            rebuild=rebuild, epoch=epoch)
