@@ -226,3 +226,19 @@ def test_half_done_deletes_are_cleared(tmp_path: Path, registry: RegistryServer)
     assert again.returncode == 0, again.stderr
     assert "points at nothing (a half-done delete)" in again.stdout
     assert set(tags_of(host)) == expected
+
+
+def test_prune_covers_every_destination(tmp_path: Path, registry: RegistryServer) -> None:
+    host = registry.address
+    with RegistryServer(tmp_path / "second") as second:
+        for where, repo in ((host, "app"), (second.address, "team/app")):
+            with Seeder(where, repo) as seeder:
+                seed_pipelines(seeder, 4, step_days=40)
+        (tmp_path / "pyproject.toml").write_text(
+            f'[tool.kiln.images.app]\ndestinations = ["{host}", "{second.address}/team"]\n'
+            '[tool.kiln.images.app.prune]\nkeep = 1\n')
+        proc = run_kiln(tmp_path, "prune", env=env(host))
+        assert proc.returncode == 0, proc.stderr
+        assert set(tags_of(host)) == {"p-4", "g-4"}
+        assert set(tags_of(second.address, "team/app")) == {"p-4", "g-4"}
+        assert f"prune {second.address}/team/app: removed 6 of 8 tags" in proc.stderr
