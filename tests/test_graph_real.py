@@ -124,7 +124,8 @@ def test_same_inputs_reuse_and_every_input_kind_rebuilds(
 
     first = run()
     assert not first.reused and first.key and first.digest
-    assert inspect(f"{registry}/small:p-1")["Labels"]["dev.kiln.input-key"] == first.key
+    labels = inspect(f"{registry}/small:p-1")["Labels"]
+    assert isinstance(labels, dict) and labels["dev.kiln.input-key"] == first.key
     assert inspect(f"{registry}/small:k-{first.key[7:39]}")["Digest"] == first.digest
 
     # a new pipeline, an empty storage: the same digest by one manifest copy, nothing built
@@ -198,6 +199,20 @@ def test_graph_build_parallel_dependents_from_this_runs_digest(
                                                      ("app", False)]
     assert second[1].digest == other.digest
     assert read_file(buildah_storage, second[2].ref, "/app-stamp") == "stamp-2\n"
+
+    # invoke graph: every key is in the registry now (read-only lookups)
+    mark = shared_registry.log_mark()
+    graph = build.describe_graph(settings_for(project, buildah_storage, env), ["app", "other"])
+    assert graph.order() == ["base", "other", "app"]
+    assert {name: (node.key, node.reusable, node.changed) for name, node in graph.nodes.items()} \
+        == {r.image: (r.key, True, False) for r in second}
+    assert {r.method for r in shared_registry.requests_since(mark)} <= {"GET", "HEAD"}
+    (project / "services" / "small" / "data.txt").write_text("not read by these images\n")
+    (project / "includes" / "stamp").write_text("RUN echo stamp-3 > /stamp\n")
+    graph = build.describe_graph(settings_for(project, buildah_storage, env), None)
+    assert [name for name in graph.order() if graph.nodes[name].changed] == [
+        "base", "small", "app"]  # app: its base must be built first, so no key yet
+    assert graph.nodes["app"].key is None and graph.nodes["other"].reusable
 
 
 def test_two_architectures_of_one_image_build_side_by_side(
