@@ -50,8 +50,28 @@ class KilnProgram(Program):
     def parse_tasks(self) -> None:
         try:
             super().parse_tasks()
+            require_list_values(list(self.core.unparsed), self.tasks)
         except ParseError as exc:
             raise usage_error(exc, self.usage_binary()) from None
+
+
+def require_list_values(argv: list[str], tasks: Any) -> None:
+    """invoke lets a repeatable flag (``--image`` of build) end the line or precede another
+    flag with no value, giving an empty list; like any other flag it needs a value."""
+    contexts = {context.name: context for context in tasks}
+    current = None
+    for index, token in enumerate(argv):
+        if token in contexts:
+            current = contexts[token]
+            continue
+        name = token.split("=", 1)[0]
+        if current is None or not name.startswith("-") or "=" in token:
+            continue
+        arg = current.flags[name] if name in current.flags else None  # aliases: -i
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if arg is not None and arg.kind is list and (following is None
+                                                     or following.startswith("-")):
+            raise ParseError(f"Flag {arg!r} needed value and was not given one!")
 
 
 def adopt_running_invoke() -> None:
