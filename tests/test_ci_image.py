@@ -87,9 +87,11 @@ def test_kiln_inside_the_ci_image_builds_and_pushes(ci_image: dict[str, str],
     (project / "tasks.py").write_text("from kiln.tasks import namespace  # noqa: F401\n")
     (project / "pyproject.toml").write_text('[tool.kiln]\nbuilds-dir = "builds"\n')
     inside = (
-        "set -e; echo STORAGE_DRIVER=$STORAGE_DRIVER; command -v invoke buildah skopeo nox; "
+        "set -e; echo STORAGE_DRIVER=$STORAGE_DRIVER; "
+        "for tool in invoke buildah skopeo nox; do command -v $tool; done; "
         "invoke build --image hello; "
-        "buildah images --format '{{.Name}}:{{.Tag}}'; "
+        # buildah itself ignores STORAGE_DRIVER; kiln passes it as --storage-driver
+        "buildah --storage-driver \"$STORAGE_DRIVER\" images --format '{{.Name}}:{{.Tag}}'; "
         "ls /var/lib/containers/storage | grep -x vfs-images"
     )
     started = time.monotonic()
