@@ -31,6 +31,7 @@ from typing import Any
 import nox
 from nox.sessions import Session
 
+from kiln import guidelines
 from kiln.errors import KilnError
 from kiln.settings import load_settings
 
@@ -84,7 +85,7 @@ def tests(session: Session) -> None:
 
 @nox.session(python=False, venv_backend="none")
 def lint(session: Session) -> None:
-    """ruff, mypy, GitLab CI schema, hadolint on every preprocessed build file, image references."""
+    """ruff, mypy, GitLab CI schema, hadolint on the build files, build-file guidelines, image references."""
     project = Path.cwd()
     config = _pyproject(project)
     if any(project.glob("*.py")) or (project / "src").is_dir():
@@ -97,6 +98,7 @@ def lint(session: Session) -> None:
         session.run("lint-imports")
     session.run(sys.executable, "-m", "kiln.ci_schema")
     _hadolint(session, project)
+    _guidelines(session, project)
     tasks = _invoke_tasks(session)
     if "lint-refs" in tasks:
         session.run("invoke", "lint-refs")
@@ -196,6 +198,16 @@ def build_files(project: Path, env: Mapping[str, str] | None = None) -> list[Pat
     tasks use (kiln's settings: KILN_BUILDS_DIR, [tool.kiln] builds-dir, default builds)."""
     settings = load_settings(project, os.environ if env is None else env)
     return sorted(settings.builds_dir.glob("*.in"))
+
+
+def _guidelines(session: Session, project: Path) -> None:
+    """The documented build-file guidelines (kiln.guidelines), as warnings."""
+    try:
+        findings = guidelines.check_build_files(build_files(project), project)
+    except KilnError as exc:
+        session.error(str(exc))
+    for finding in findings:
+        session.warn(f"guideline: {finding}")
 
 
 def _hadolint(session: Session, project: Path) -> None:
