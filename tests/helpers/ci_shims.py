@@ -93,7 +93,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 FAKE_ORIGIN = "https://gitlab.example.com/kiln-test/kiln.git"
 CHANGE_MARK = "/* changed by kiln's CI tests: this image's CHANGES rule matches */\n"
 _SKIP = {".git", ".kiln", ".nox", ".gitlab-ci-local", "__pycache__", ".mypy_cache",
-         ".ruff_cache", ".pytest_cache", ".venv", "build", "dist"}
+         ".ruff_cache", ".pytest_cache", ".venv"}
+_SKIP_AT_TOP = {"build", "dist"}  # packaging output; src/kiln/build is a package of kiln's
 
 
 def _git(repo: Path, *args: str) -> None:
@@ -106,7 +107,9 @@ def make_test_repo(dest: Path, changed: str = "builds/busybox.in") -> Path:
     jobs of that image, as GitLab would for a push touching only that file."""
     shutil.copytree(
         REPO_ROOT, dest,
-        ignore=lambda d, names: [n for n in names if n in _SKIP or n.endswith(".egg-info")],
+        ignore=lambda d, names: [
+            n for n in names if n in _SKIP or n.endswith(".egg-info")
+            or (n in _SKIP_AT_TOP and Path(d) == REPO_ROOT)],
     )
     _git(dest, "init", "-q", "-b", "main")
     _git(dest, "config", "user.email", "ci-test@example.com")
