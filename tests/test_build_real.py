@@ -63,10 +63,12 @@ def upstream(tools: None, shared_registry: RegistryServer, buildah_storage: dict
     ``latest-amd64``/``latest-arm64``."""
     work = tmp_path_factory.mktemp("seed")
     settings = make_settings(work, buildah_storage, {})
-    pushed = seed_upstream(settings, shared_registry.address, names=["library/busybox:latest"],
-                           cache_dir=work / "cache")
+    seed_upstream(settings, shared_registry.address, names=["library/busybox:latest"],
+                  cache_dir=work / "cache")  # nothing to push when another module seeded it
     mirror = f"{shared_registry.address}/mirror"
-    assert f"{mirror}/library/busybox:latest" in pushed
+    for tag in ("latest", "latest-amd64", "latest-arm64"):
+        assert skopeo("inspect", "--raw", "--tls-verify=false",
+                      f"docker://{mirror}/library/busybox:{tag}").returncode == 0, tag
     return mirror
 
 
