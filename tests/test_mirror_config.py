@@ -309,3 +309,45 @@ def test_normalize_keeps_other_registries() -> None:
     assert normalize(ImageRef("quay.io", "alpine", "3")) == ImageRef("quay.io", "alpine", "3")
     assert normalize(ImageRef("docker.io", "alpine")) == ImageRef("docker.io", "library/alpine")
     assert str(parse_reference("docker.io/bitnami/redis:7")) == "docker.io/bitnami/redis:7"
+
+
+# -- signatures: mirror the artifacts that refer to an image -----------------------------------
+
+def test_signatures_default_off_top_level_default_and_per_entry_override() -> None:
+    config = parse("images:\n  - postgres:alpine\n  - source: node\n    tags: all\n")
+    assert config.signatures is False
+    assert [i.signatures for i in config.images] == [False]
+    assert [s.signatures for s in config.tag_sets] == [False]
+    config = parse("signatures: true\n"
+                   "images:\n"
+                   "  - postgres:alpine\n"
+                   "  - source: redis:7\n"
+                   "    signatures: false\n"
+                   "  - source: node\n"
+                   "    tags: {newest: 2}\n")
+    assert config.signatures is True
+    assert [i.signatures for i in config.images] == [True, False]
+    (node,) = config.tag_sets
+    assert node.signatures is True and node.image("20").signatures is True
+    config = parse("images:\n  - source: quay.io/org/tool\n    tags: all\n    signatures: yes\n")
+    assert config.tag_sets[0].image("1").signatures is True
+
+
+def test_signatures_must_be_a_boolean_at_its_position() -> None:
+    text = ("signatures: sometimes\n"
+            "images:\n"
+            "  - source: redis:7\n"
+            "    signatures: 1\n"
+            "  - source: node\n"
+            "    tags: all\n"
+            "    signature: true\n")
+    message = error_of(text)
+    assert "mirrors.yml:1:13: signatures must be true or false" in message
+    assert "mirrors.yml:4:17: signatures must be true or false" in message
+    assert "mirrors.yml:7:5: unknown key 'signature' in image entry (did you mean " \
+        "'signatures'?)" in message
+
+
+def test_repository_example_mirrors_no_signatures_by_default() -> None:
+    config = load_config(Path(__file__).resolve().parent.parent / "mirrors.yml", VARS)
+    assert config.signatures is False

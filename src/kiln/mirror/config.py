@@ -12,6 +12,8 @@ Schema (every key except ``images`` is optional; unknown keys are errors, report
     approved-registries: [quay.io, registry.gitlab.com]
     jobs: 4                # images copied in parallel (``--jobs`` overrides), 1..32
     retries: 3             # skopeo --retry-times for a copy (skopeo backs off between tries)
+    signatures: false      # copy each image's signatures and attestations too (default: off,
+                           # see below); an entry's own ``signatures:`` overrides it
     ratelimit:
       floor: 10            # never start a copy that would take ratelimit-remaining below this
       max-wait: 0          # seconds to wait (re-checking with free HEADs) before giving up
@@ -29,6 +31,7 @@ Schema (every key except ``images`` is optional; unknown keys are errors, report
           newest: 3              # keep the 3 newest (semver order, else the tag list's order)
       - source: quay.io/prometheus/busybox
         tags: all                # the whole repository
+        signatures: true         # and the artifacts that refer to each image
 
 Sources follow Docker's reference rules (``postgres:alpine`` is
 ``docker.io/library/postgres:alpine``; no tag means ``latest``); a pinned source also needs its
@@ -39,12 +42,20 @@ keeps its name there. What a rule selects is decided at run time from the source
 from the given variables: ``REGISTRY`` (kiln's destination registry setting) and the
 environment (``CI_REGISTRY_IMAGE``, ...).
 
+``signatures: true`` (top level, or per entry) mirrors, after each image, the artifacts that
+refer to it and to an index's children: OCI referrers (the referrers API, or its ``sha256-<hex>``
+fallback tag) and cosign's ``sha256-<hex>.sig``/``.att``/``.sbom`` tags (:mod:`kiln.referrers`).
+Off by default: finding them costs, per digest, HEADs and one referrers request even when
+nothing is signed, and every artifact copied is a manifest GET, which Docker Hub counts as a
+pull (``docs/registry-operations.md``); turn it on for the sources that sign their images.
+
 Parsing is pure (text in, :class:`MirrorConfig` out); positions come from PyYAML's node marks
 (``yaml.compose``), so a mistake is reported where it is, not just what it is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,23 +66,27 @@ import yaml
 from kiln.errors import ConfigError, InputError
 from kiln.mirror.tagsets import RuleError, TagRule
 from kiln.registry.reference import (
-    DOCKER_HUB_HOSTS,
     ImageRef,
+    is_docker_hub,
     normalize,
     parse_reference,
     split_repository,
     validate_repository,
 )
 
-__all__ = ["DOCKER_HUB_HOSTS", "MirrorConfig", "MirrorImage", "MirrorSet", "Position",
+__all__ = ["MirrorConfig", "MirrorImage", "MirrorSet", "Position",
            "RateLimitPolicy", "config_path", "expand", "load_config", "parse_config"]
 
 DEFAULT_CONFIG = "mirrors.yml"
 DEFAULT_DESTINATION = "${REGISTRY}/mirror"
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_TOP_KEYS = ("destination", "approved-registries", "jobs", "retries", "ratelimit", "images")
-_IMAGE_KEYS = ("source", "destination", "tags")
+_TOP_KEYS = ("destination", "approved-registries", "jobs", "retries", "ratelimit", "signatures",
+             "images")
+_IMAGE_KEYS = ("source", "destination", "tags", "signatures")
+# Mirroring signatures is off unless asked for: discovering them costs requests for every image
+# on every run, and each artifact copied is a pull (docs/registry-operations.md).
+DEFAULT_SIGNATURES = False
 _RULE_KEYS = ("regex", "exclude", "semver", "newest")
 _RATELIMIT_KEYS = ("floor", "max-wait", "poll-interval")
 
@@ -108,6 +123,7 @@ class MirrorImage:
     destination_text: str  # as written (or derived from the default prefix), unexpanded
     explicit_destination: bool
     selected_by: str = ""  # for a tag of a tag set: why the rule selected it
+    signatures: bool = DEFAULT_SIGNATURES  # mirror the artifacts that refer to the image too
 
     @property
     def tag(self) -> str:
@@ -136,6 +152,7 @@ class MirrorSet:
     source_text: str
     destination_text: str  # repository as written (or derived from the prefix), unexpanded
     explicit_destination: bool
+    signatures: bool = DEFAULT_SIGNATURES
 
     @property
     def label(self) -> str:
@@ -149,7 +166,7 @@ class MirrorSet:
             destination = ImageRef(self.destination.host, self.destination.repository, tag, None)
         return MirrorImage(source, destination, self.position, f"{self.source_text}:{tag}",
                            f"{self.destination_text}:{tag}", self.explicit_destination,
-                           selected_by)
+                           selected_by, self.signatures)
 
 
 @dataclass(frozen=True)
@@ -162,6 +179,7 @@ class MirrorConfig:
     retries: int = 3
     ratelimit: RateLimitPolicy = RateLimitPolicy()
     tag_sets: tuple[MirrorSet, ...] = ()  # the entries with ``tags:``
+    signatures: bool = DEFAULT_SIGNATURES  # the top-level default of the entries
 
     def mirrored(self, ref: ImageRef) -> MirrorImage | None:
         """The config entry that mirrors ``ref`` (same repository and tag), if any. For a tag
@@ -263,7 +281,7 @@ def parse_config(text: str, path: str | Path, variables: Mapping[str, str], *,
                 if host is None:
                     continue
                 host = host.strip().rstrip("/")
-                if host in DOCKER_HUB_HOSTS:
+                if is_docker_hub(host):
                     errors.at(item, f"{host} cannot be approved: Docker Hub's pulls are rate "
                               "limited, which is what the mirror is for")
                 elif not re.match(r"^[A-Za-z0-9.\-\[\]:]+(/[a-z0-9._/-]+)?$", host):
@@ -272,6 +290,7 @@ def parse_config(text: str, path: str | Path, variables: Mapping[str, str], *,
                     approved.append(host)
     jobs = _int(top.get("jobs"), errors, "jobs", 1, 32, 4)
     retries = _int(top.get("retries"), errors, "retries", 0, 10, 3)
+    signatures = _bool(top.get("signatures"), errors, "signatures", DEFAULT_SIGNATURES)
     policy = RateLimitPolicy()
     if "ratelimit" in top:
         node = top["ratelimit"]
@@ -315,6 +334,9 @@ def parse_config(text: str, path: str | Path, variables: Mapping[str, str], *,
                            require_destination)
             if entry is None:
                 continue
+            fields = _entry_fields(item)
+            entry = dataclasses.replace(entry, signatures=_bool(
+                fields.get("signatures"), errors, "signatures", signatures))
             if entry.destination is not None:
                 is_set = isinstance(entry, MirrorSet)
                 repo = entry.destination.name
@@ -339,7 +361,15 @@ def parse_config(text: str, path: str | Path, variables: Mapping[str, str], *,
                 images.append(entry)
     _raise(errors)
     return MirrorConfig(where, tuple(images), prefix, tuple(approved), jobs, retries, policy,
-                        tuple(tag_sets))
+                        tuple(tag_sets), signatures)
+
+
+def _entry_fields(node: yaml.Node) -> dict[str, yaml.Node]:
+    """An image entry's keys (already checked by :func:`_entry`; unknown ones dropped)."""
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {key.value: value for key, value in node.value
+            if isinstance(key, yaml.ScalarNode) and key.value in _IMAGE_KEYS}
 
 
 def _entry(node: yaml.Node, errors: _Errors, variables: Mapping[str, str], prefix: str,
@@ -591,6 +621,15 @@ def _string(node: yaml.Node, errors: _Errors, what: str) -> str | None:
         errors.at(node, f"{what} must be a non-empty string")
         return None
     return str(node.value).strip()
+
+
+def _bool(node: yaml.Node | None, errors: _Errors, what: str, default: bool) -> bool:
+    if node is None:
+        return default
+    if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:bool":
+        errors.at(node, f"{what} must be true or false")
+        return default
+    return node.value.lower() in {"true", "yes", "on", "y"}
 
 
 def _int(node: yaml.Node | None, errors: _Errors, what: str, low: int, high: int,

@@ -29,8 +29,8 @@ import yaml
 
 from kiln import containerfile
 from kiln.errors import InputError
-from kiln.mirror.config import DOCKER_HUB_HOSTS, MirrorConfig
-from kiln.registry.reference import parse_reference, split_repository
+from kiln.mirror.config import MirrorConfig, MirrorImage, MirrorSet
+from kiln.registry.reference import is_docker_hub, parse_reference, split_repository
 from kiln.settings import Settings
 
 TRUSTED_VARIABLES = frozenset({
@@ -234,8 +234,9 @@ def check_uses(uses: Iterable[ImageUse], config: MirrorConfig | None,
     (warnings)."""
     approved = set(config.approved_registries if config else ())
     approved |= {r for r in own_registries if r}
-    if config is not None:
-        approved |= {i.destination.host for i in config.images if i.destination is not None}
+    if config is not None:  # the mirror's destinations: single images and tag sets alike
+        entries: list[MirrorImage | MirrorSet] = [*config.images, *config.tag_sets]
+        approved |= {e.destination.host for e in entries if e.destination is not None}
     findings: list[Finding] = []
     for use in uses:
         text = use.resolved
@@ -257,9 +258,9 @@ def check_uses(uses: Iterable[ImageUse], config: MirrorConfig | None,
         except InputError as exc:
             findings.append(Finding(use, "error", f"{use.written}: {exc.message}"))
             continue
-        if ref.host not in DOCKER_HUB_HOSTS and _approved(ref.host, ref.repository, approved):
+        if not is_docker_hub(ref.host) and _approved(ref.host, ref.repository, approved):
             continue
-        origin = "Docker Hub (pull rate limited)" if ref.host in DOCKER_HUB_HOSTS else \
+        origin = "Docker Hub (pull rate limited)" if is_docker_hub(ref.host) else \
             f"{ref.host}, which is not an approved registry"
         shown = use.written if use.written == text else f"{use.written} (= {text})"
         findings.append(Finding(use, "error", f"{shown} pulls from {origin}; "

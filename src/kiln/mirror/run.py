@@ -20,6 +20,7 @@ failed. A dry run stops after planning: HEADs and tag lists only.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import threading
@@ -32,7 +33,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from kiln import console, skopeo
+from kiln import console, promote, referrers, skopeo
 from kiln.errors import (
     ConfigError,
     InputError,
@@ -115,7 +116,8 @@ class Outcome:
     warnings: tuple[str, ...] = ()
     exit_code: int = 0
     seconds: float = 0.0
-    pulls: int = 0  # source manifest GETs this image spent
+    pulls: int = 0  # source manifest GETs this image spent (its artifacts' included)
+    artifacts: tuple[ArtifactResult, ...] = ()  # with ``signatures``: what refers to it
 
     @property
     def failed(self) -> bool:
@@ -160,6 +162,8 @@ class MirrorReport:
                     "warnings": list(o.warnings),
                     "pulls": o.pulls,
                     **({"selected_by": o.image.selected_by} if o.image.selected_by else {}),
+                    **({"artifacts": [a.as_dict() for a in o.artifacts]}
+                       if o.image.signatures else {}),
                 }
                 for o in self.outcomes
             ],
@@ -312,6 +316,7 @@ def run_mirror(
     progress = progress or Progress(len(images), live=False)
     if not dry_run and copier is None:
         raise ValueError("a copier is needed unless dry_run")
+    api = _ApiMemory()
 
     def probe(ref: ImageRef, reference: str) -> Probe:
         result = head(ref, reference)
@@ -322,15 +327,14 @@ def run_mirror(
     def one(image: MirrorImage) -> Outcome:
         started = time.monotonic()
         try:
-            outcome = _mirror_one(image, probe, copier, gate, dry_run, progress, registries)
+            outcome = _mirror_one(image, probe, copier, gate, dry_run, progress, registries,
+                                  api)
         except KilnError as exc:  # anything unexpected from the adapters: this image only
             outcome = Outcome(image, FAILED, str(exc), exit_code=exc.exit_code)
         except Exception as exc:  # noqa: BLE001 - one image's bug must not stop the others
             outcome = Outcome(image, FAILED, f"unexpected error: {type(exc).__name__}: {exc}",
                               exit_code=1)
-        outcome = Outcome(outcome.image, outcome.status, outcome.message, outcome.plan,
-                          outcome.warnings, outcome.exit_code, time.monotonic() - started,
-                          outcome.pulls)
+        outcome = dataclasses.replace(outcome, seconds=time.monotonic() - started)
         progress.finished(outcome)
         return outcome
 
@@ -343,7 +347,8 @@ def run_mirror(
 
 def _mirror_one(image: MirrorImage, probe: Callable[[ImageRef, str], Probe],
                 copier: Copier | None, gate: RateLimitGate, dry_run: bool,
-                progress: Progress, registries: Registries | None = None) -> Outcome:
+                progress: Progress, registries: Registries | None = None,
+                api: _ApiMemory | None = None) -> Outcome:
     src, dst = image.source, image.destination
     assert dst is not None, "destination must be resolved before running"
     progress.phase(image, "checking (HEAD)")
@@ -365,11 +370,79 @@ def _mirror_one(image: MirrorImage, probe: Callable[[ImageRef, str], Probe],
 
     if plan.action is Action.ERROR:
         return Outcome(image, FAILED, plan.reason, plan, plan.warnings, plan.exit_code or 2)
+    assert plan.digest is not None
+
+    def refresh() -> RateLimit | None:
+        answer = probe(src, plan.digest or image.tag)
+        return answer.ratelimit if isinstance(answer, ManifestInfo) else None
+
+    found: _Artifacts | None = None
+    if image.signatures:
+        if not isinstance(registries, RegistryViews):
+            return Outcome(image, FAILED, "signatures: true needs a registry client (this run "
+                           "has none)", plan, plan.warnings, 1)
+        found = _Artifacts(image, registries.view(src, dry_run=dry_run),
+                           registries.view(dst, dry_run=dry_run), gate, refresh,
+                           api or _ApiMemory(), dry_run=dry_run)
+        is_index = media.is_index(plan.media_type or "")
+        subjects = [plan.digest]
+        if is_index and plan.action is not Action.COPY:  # the index is ours already: no pull
+            assert registries is not None
+            subjects += _children(registries.get_manifest(dst, plan.digest), f"{dst.name} index")
+        progress.phase(image, "looking for signatures and attestations (HEAD)")
+        try:
+            found.discover(subjects)  # read and checked before anything is written
+        except KilnError as exc:
+            return _artifact_failure(image, plan, found, exc, written=False)
+
+    outcome = _mirror_image(image, plan, probe, copier, gate, dry_run, progress, registries,
+                            refresh, found)
+    if found is None or outcome.failed:
+        return outcome
+    if not dry_run:
+        progress.phase(image, "copying signatures and attestations")
+    try:
+        found.write()
+    except KilnError as exc:
+        return _artifact_failure(image, plan, found, exc, written=True, pulls=outcome.pulls)
+    results = found.results
+    changed = sum(1 for r in results if r.status != UP_TO_DATE)
+    note = (f"; {len(results)} artifact(s): {changed} to copy" if dry_run else
+            f"; {len(results)} artifact(s), {changed} copied") if results else \
+        "; no signatures or attestations found"
+    return dataclasses.replace(outcome, message=outcome.message + note,
+                               pulls=outcome.pulls + found.pulls, artifacts=results)
+
+
+class _BeforeWrite(Exception):
+    """An index child's artifacts failed their check before anything was written."""
+
+    def __init__(self, error: KilnError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _artifact_failure(image: MirrorImage, plan: Plan, found: _Artifacts, exc: KilnError, *,
+                      written: bool, pulls: int = 0) -> Outcome:
+    what = "the image was mirrored, but its signatures and attestations failed" if written \
+        else "signatures and attestations: nothing was written for this image"
+    return Outcome(image, FAILED, f"{what}: {exc}", plan, plan.warnings, exc.exit_code,
+                   pulls=pulls + found.pulls, artifacts=found.results)
+
+
+def _mirror_image(image: MirrorImage, plan: Plan, probe: Callable[[ImageRef, str], Probe],
+                  copier: Copier | None, gate: RateLimitGate, dry_run: bool,
+                  progress: Progress, registries: Registries | None,
+                  refresh: Callable[[], RateLimit | None],
+                  found: _Artifacts | None) -> Outcome:
+    """Skip, retag or copy the image itself, as planned. ``found``: its artifacts, whose
+    index children are looked for once the source index is read (before anything is written)."""
+    src, dst = image.source, image.destination
+    assert dst is not None and plan.digest is not None
     if plan.action is Action.SKIP:
         return Outcome(image, WOULD_SKIP if dry_run else SKIPPED, plan.reason, plan,
                        plan.warnings)
     if plan.action is Action.RETAG:
-        assert plan.digest is not None
         if dry_run:
             return Outcome(image, WOULD_RETAG, f"{plan.reason}; would write {dst} from "
                            f"{dst.name}@{plan.digest[:19]} (no pull)", plan, plan.warnings)
@@ -388,17 +461,14 @@ def _mirror_one(image: MirrorImage, probe: Callable[[ImageRef, str], Probe],
         if remaining is not None and remaining - plan.pulls < gate.policy.floor:
             warnings += (f"{src.host} has {remaining} pulls left; this copy needs up to "
                          f"{plan.pulls} and would hit the floor of {gate.policy.floor}",)
-        return Outcome(image, WOULD_COPY, f"{plan.reason}; would copy {plan.digest} "
-                       f"(up to {plan.pulls} pull{'s' if plan.pulls != 1 else ''})", plan,
-                       warnings)
+        message = f"{plan.reason}; would copy {plan.digest} (up to {plan.pulls} " \
+                  f"pull{'s' if plan.pulls != 1 else ''})"
+        if found is not None and media.is_index(plan.media_type or ""):
+            message += " (the children's signatures: looked for once the index is read)"
+        return Outcome(image, WOULD_COPY, message, plan, warnings)
 
-    assert copier is not None and plan.digest is not None
+    assert copier is not None
     source_by_digest = ImageRef(src.host, src.repository, None, plan.digest)
-
-    def refresh() -> RateLimit | None:
-        answer = probe(src, plan.digest or image.tag)
-        return answer.ratelimit if isinstance(answer, ManifestInfo) else None
-
     by_children = registries is not None and isinstance(copier, DigestCopier) \
         and media.is_index(plan.media_type or "")
     # An index copied child by child reserves the index GET now and each missing child once
@@ -415,14 +485,25 @@ def _mirror_one(image: MirrorImage, probe: Callable[[ImageRef, str], Probe],
         gate.acquire(src.host, pulls, image.label, refresh)
         reserved[0] += pulls
 
+    def children_artifacts(index: Manifest) -> None:
+        if found is not None:
+            try:
+                found.discover(_children(index, f"{src.name}@{index.digest}"))
+            except KilnError as exc:
+                raise _BeforeWrite(exc) from exc
+
     try:
         if by_children:
             assert registries is not None and isinstance(copier, DigestCopier)
             written, note = _copy_index(source_by_digest, dst, probe, registries, copier, spent,
-                                        reserve)
+                                        reserve, children_artifacts)
         else:
             spent[0] += 1  # skopeo GETs the manifest once (an index goes through _copy_index)
             written, note = copier.copy(source_by_digest, dst), ""
+    except _BeforeWrite as failure:
+        assert found is not None
+        return _artifact_failure(image, plan, found, failure.error, written=False,
+                                 pulls=spent[0])
     except CopyRateLimited as exc:
         gate.stop(src.host, f"{src.host} answered 429 (pull rate limit reached) while copying "
                   f"{image.label}")
@@ -466,15 +547,19 @@ def _put_index(registries: Registries, destination: ImageRef, index: Manifest) -
 
 def _copy_index(source: ImageRef, destination: ImageRef, probe: Callable[[ImageRef, str], Probe],
                 registries: Registries, copier: DigestCopier, spent: list[int],
-                reserve: Callable[[int], None]) -> tuple[str, str]:
+                reserve: Callable[[int], None],
+                before_write: Callable[[Manifest], None] | None = None) -> tuple[str, str]:
     """Copy the index ``source`` (by digest) to ``destination`` (a tag) at the pull floor: GET
     the index, HEAD its children at the destination, reserve and copy only the missing children
-    (by digest), then PUT the index bytes unchanged. Returns the digest written and a note."""
+    (by digest), then PUT the index bytes unchanged. Returns the digest written and a note.
+    ``before_write`` sees the index once it is read, before anything is written."""
     assert source.digest is not None and destination.tag is not None
     index = registries.get_manifest(source, source.digest)
     spent[0] += 1
     if index.digest != source.digest:
         raise RegistryError(f"{source}: the source served {index.digest} for {source.digest}")
+    if before_write is not None:
+        before_write(index)
     children = [child.digest for child in media.index_children(index.body, f"{source} index")]
     update = children_to_fetch(children, {child: probe(destination, child) for child in children})
     if update.fetch:
@@ -505,6 +590,219 @@ def _copy_index(source: ImageRef, destination: ImageRef, probe: Callable[[ImageR
                           f"fetched{have})")
 
 
+# -- signatures and attestations travel with the image (kiln.referrers) ------------------------
+
+UP_TO_DATE, WOULD_READ = "up to date", "would read"
+
+
+@runtime_checkable
+class RegistryViews(Protocol):
+    """Registries that hand out :class:`kiln.promote.Registry` views (one repository each), the
+    way promote reads and copies artifacts; :class:`_Registries` is one."""
+
+    def view(self, ref: ImageRef, *, dry_run: bool) -> promote.Registry: ...
+
+
+@dataclass(frozen=True)
+class ArtifactResult:
+    """One artifact of a mirrored image (or the referrers fallback index) and what happened."""
+
+    subject: str  # the digest it refers to (the image's, or an index child's)
+    name: str  # cosign or fallback tag, else the artifact's type
+    digest: str  # "" when a dry run did not read it
+    status: str  # copied | up to date | would copy | would read
+
+    def __str__(self) -> str:
+        digest = f" {self.digest[:19]}" if self.digest else ""
+        return f"{_short_artifact(self.name)}{digest} of {self.subject[:19]}: {self.status}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"subject": self.subject, "name": self.name, "digest": self.digest,
+                "status": self.status}
+
+
+def _short_artifact(name: str) -> str:
+    """``sha256-<64 hex>.sig`` shortened to ``sha256-<12 hex>...sig`` for the summary."""
+    if referrers.is_artifact_tag(name):
+        base, _, suffix = name.partition(".")
+        return f"{base[:19]}...{suffix}" if suffix else f"{base[:19]}..."
+    return name
+
+
+@dataclass
+class _Found:
+    """What refers to one subject digest: read and checked before anything is written."""
+
+    subject: str
+    entries: list[referrers.Referrer] = field(default_factory=list)  # every listed referrer
+    copy: list[tuple[str, Manifest]] = field(default_factory=list)  # (reference, manifest)
+    fallback: Manifest | None = None  # the source's sha256-<hex> index, when it was read
+    from_api: bool = False  # entries came from the source's referrers API
+    results: list[ArtifactResult] = field(default_factory=list)
+
+
+class _ApiMemory:
+    """Which source hosts answered that they have no referrers API (asked once per run)."""
+
+    def __init__(self) -> None:
+        self._without: set[str] = set()
+        self._lock = threading.Lock()
+
+    def known_without(self, host: str) -> bool:
+        with self._lock:
+            return host in self._without
+
+    def without(self, host: str) -> None:
+        with self._lock:
+            self._without.add(host)
+
+
+class _Artifacts:
+    """The artifacts of one mirrored image: found with HEADs first, read (a pull each) only
+    when the destination lacks them, checked, and written after the image.
+
+    Per subject digest: HEAD ``sha256-<hex>`` at the source (the referrers fallback index). When
+    it is there and the destination's has the same digest, every entry is there already (entries
+    are written before their index): nothing to read. When it differs, GET it (1 pull) and HEAD
+    each entry at the destination. Without it, ask the referrers API (a GET of the referrers
+    list, not of a manifest; a host that has no API is asked once per run). Then HEAD cosign's
+    three tags at the source, and at the destination those the source has. Only what the
+    destination lacks or has under another digest is read (1 pull each), and every referrer read
+    must name the subject (:func:`kiln.referrers.check_subject`) or the image fails with nothing
+    written for it."""
+
+    def __init__(self, image: MirrorImage, src: promote.Registry, dst: promote.Registry,
+                 gate: RateLimitGate, refresh: Callable[[], RateLimit | None],
+                 api: _ApiMemory, *, dry_run: bool) -> None:
+        self.image = image
+        self.src, self.dst = src, dst
+        self.gate, self.refresh, self.api = gate, refresh, api
+        self.dry_run = dry_run
+        self.pulls = 0
+        self.found: list[_Found] = []
+
+    @property
+    def host(self) -> str:
+        return self.image.source.host
+
+    def _head(self, reference: str) -> ManifestInfo | None:
+        info = self.src.head(reference)
+        if info is not None:
+            self.gate.observe(self.host, info.ratelimit)
+        return info
+
+    def _pull(self, reference: str) -> Manifest:
+        """GET a manifest at the source: a pull, reserved with the rate-limit gate first."""
+        self.gate.acquire(self.host, 1, self.image.label, self.refresh)
+        spent = False
+        try:
+            manifest = self.src.get(reference)
+            spent = True
+            self.pulls += 1
+        finally:
+            self.gate.release(self.host, 1, spent=spent)
+        if reference.startswith("sha256:") and manifest.digest != reference:
+            raise RegistryError(f"{self.src.name}: asked for {reference}, got {manifest.digest}")
+        return manifest
+
+    def discover(self, subjects: Sequence[str]) -> None:
+        for subject in subjects:
+            self.found.append(self._discover(subject))
+
+    def _discover(self, subject: str) -> _Found:
+        found = _Found(subject)
+        would = WOULD_COPY if self.dry_run else COPIED
+        index_tag = referrers.fallback_tag(subject)
+        source_index = self._head(index_tag)
+        entries: list[referrers.Referrer] = []
+        if source_index is not None:
+            there = self.dst.head(index_tag)
+            if there is not None and there.digest == source_index.digest:
+                found.results.append(ArtifactResult(subject, index_tag, there.digest, UP_TO_DATE))
+            elif self.dry_run:
+                found.results.append(ArtifactResult(subject, index_tag, source_index.digest,
+                                                    f"{WOULD_READ} (1 pull), then copy the "
+                                                    "entries the destination lacks"))
+            else:
+                found.fallback = self._pull(index_tag)
+                entries = referrers.parse_referrers_index(
+                    found.fallback.body, f"{self.src.name}:{index_tag}")
+        elif not self.api.known_without(self.host):
+            body = self.src.referrers(subject)
+            if body is None:
+                self.api.without(self.host)
+            else:
+                found.from_api = True
+                entries = referrers.parse_referrers_index(
+                    body, f"{self.src.name} referrers of {subject}")
+        found.entries = entries
+        for entry in entries:
+            name = entry.artifact_type or "referrer"
+            if self.dst.head(entry.digest) is not None:  # same digest: the same bytes
+                found.results.append(ArtifactResult(subject, name, entry.digest, UP_TO_DATE))
+                continue
+            if self.dry_run:
+                found.results.append(ArtifactResult(subject, name, entry.digest,
+                                                    f"{would} (1 pull)"))
+                continue
+            manifest = self._pull(entry.digest)
+            referrers.check_subject(manifest.body, subject, f"{self.src.name}@{entry.digest}")
+            found.copy.append((entry.digest, manifest))
+            found.results.append(ArtifactResult(subject, name, entry.digest, would))
+        for tag in referrers.cosign_tags(subject):
+            info = self._head(tag)
+            if info is None:
+                continue
+            there = self.dst.head(tag)
+            if there is not None and there.digest == info.digest:
+                found.results.append(ArtifactResult(subject, tag, info.digest, UP_TO_DATE))
+            elif self.dry_run:
+                found.results.append(ArtifactResult(subject, tag, info.digest,
+                                                    f"{would} (1 pull)"))
+            else:
+                manifest = self._pull(tag)
+                found.copy.append((tag, manifest))
+                found.results.append(ArtifactResult(subject, tag, manifest.digest, would))
+        return found
+
+    def write(self) -> None:
+        """Write what :meth:`discover` read: the artifacts, then the destination's fallback
+        index (so an index at the destination always comes after its entries)."""
+        if self.dry_run:
+            return
+        for found in self.found:
+            for reference, manifest in found.copy:
+                promote.copy_manifest(self.src, self.dst, manifest, reference)
+            index = self._fallback_for(found)
+            if index is not None:
+                self.dst.put(referrers.fallback_tag(found.subject), index)
+                found.results.append(ArtifactResult(found.subject,
+                                                    referrers.fallback_tag(found.subject),
+                                                    index.digest, COPIED))
+
+    def _fallback_for(self, found: _Found) -> Manifest | None:
+        """The ``sha256-<hex>`` index the destination needs, ``None`` when it has it: the
+        source's (merged with what the destination lists already), or, when the source answered
+        through its referrers API, one where the destination has no API."""
+        if not found.entries:
+            return None
+        if found.from_api and self.dst.referrers(found.subject) is not None:
+            return None  # the destination lists its referrers itself
+        tag = referrers.fallback_tag(found.subject)
+        existing = self.dst.get(tag).body if self.dst.head(tag) is not None else None
+        merged = referrers.merged_fallback(
+            existing, found.fallback.body if found.fallback is not None else None, found.entries)
+        return None if merged is None else Manifest.from_bytes(merged, media.OCI_INDEX)
+
+    @property
+    def results(self) -> tuple[ArtifactResult, ...]:
+        return tuple(result for found in self.found for result in found.results)
+
+
+def _children(manifest: Manifest, where: str) -> list[str]:
+    return [child.digest for child in media.index_children(manifest.body, where)]
+
+
 # -- reporting ---------------------------------------------------------------------------------
 
 def format_report(report: MirrorReport,
@@ -517,9 +815,12 @@ def format_report(report: MirrorReport,
     counts = report.counts()
     order = (COPIED, RETAGGED, WOULD_COPY, WOULD_RETAG, SKIPPED, WOULD_SKIP, FAILED)
     tally = ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
-    title = "mirror plan (dry run: HEAD requests only)" if report.dry_run else "mirror summary"
-    if report.dry_run and report.sets:
-        title = "mirror plan (dry run: HEAD requests and tag lists only)"
+    title = "mirror summary"
+    if report.dry_run:
+        asked = ["HEAD requests"] + (["tag lists"] if report.sets else []) + (
+            ["referrers lists"] if any(o.image.signatures for o in report.outcomes) else [])
+        listed = asked[0] if len(asked) == 1 else f"{', '.join(asked[:-1])} and {asked[-1]}"
+        title = f"mirror plan (dry run: {listed} only)"
     lines: list[str] = []
     if report.sets:
         lines.append("tag sets:")
@@ -536,6 +837,7 @@ def format_report(report: MirrorReport,
         message = o.message.splitlines() or [""]
         lines.append(f"  {'':<{width}}    {message[0]}")
         lines.extend(f"  {'':<{width}}    {extra}" for extra in message[1:])
+        lines.extend(f"  {'':<{width}}    artifact {artifact}" for artifact in o.artifacts)
         for operation in (operations or {}).get(o.image.label, ()):
             lines.append(f"  {'':<{width}}    {operation}")
     warnings = [(o.image, w) for o in report.outcomes for w in o.warnings]
@@ -568,7 +870,9 @@ def record_outcomes(report: MirrorReport) -> None:
                        image=dst.name if dst is not None else o.image.destination_text,
                        tag=o.image.source.tag, digest=o.plan.digest if o.plan else None,
                        source=str(o.image.source), status=o.status,
-                       message=o.message, warnings=list(o.warnings))
+                       message=o.message, warnings=list(o.warnings),
+                       **({"artifacts": [a.as_dict() for a in o.artifacts]}
+                          if o.image.signatures else {}))
 
 
 _CODE_PRIORITY = (6, 3, 2, 5, 1, 4)  # tool missing, auth, input, build, unexpected, transient
@@ -665,6 +969,10 @@ class _Registries:
     def put_manifest(self, ref: ImageRef, reference: str, manifest: Manifest) -> str:
         return self._client(ref.host).put_manifest(ref.repository, reference, manifest)
 
+    def view(self, ref: ImageRef, *, dry_run: bool) -> promote.Registry:
+        """One repository as promote reads and copies artifacts (this thread's client)."""
+        return promote.Registry(self._client(ref.host), ref.repository, dry_run=dry_run)
+
     def close(self) -> None:
         for client in self._all:
             client.close()
@@ -709,9 +1017,9 @@ def mirror(settings: Settings, *, config: str | Path | None = None, only: Iterab
     console.step(f"{verb} {len(images)} image(s) from {path.name} ({workers} at a time)")
     try:
         with console.section("mirror", f"mirror: {verb} {len(images)} image(s) from {path}"):
-            if dry:
+            if dry:  # registries: only to look for signatures (HEADs, referrers lists)
                 report = run_mirror(images, head=head, copier=None, gate=gate, jobs=workers,
-                                    dry_run=True, progress=progress)
+                                    dry_run=True, progress=progress, registries=heads)
             else:
                 with skopeo.copier(settings, hosts, retries=loaded.retries) as skopeo_copier:
                     report = run_mirror(images, head=head, copier=skopeo_copier, gate=gate,
