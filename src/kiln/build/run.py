@@ -86,7 +86,7 @@ from kiln.errors import (
 from kiln.registry import access, media
 from kiln.registry.access import ToolAccess
 from kiln.registry.client import RegistryClient, open_client
-from kiln.registry.reference import parse_reference
+from kiln.registry.reference import is_docker_hub, parse_reference
 from kiln.settings import Settings
 from kiln.state_dir import ensure_state_dir
 from kiln.tag_policy import key_tag
@@ -123,7 +123,7 @@ def resolve_target(settings: Settings, local_address: str | None) -> Target:
                       True if settings.push is None else settings.push)
     address = local_address or LOCAL_PLACEHOLDER
     upstream = settings.upstream_registry
-    if upstream == "docker.io":
+    if is_docker_hub(upstream):
         upstream = f"{address}/mirror"
     return Target(address, upstream, True if settings.push is None else settings.push, local=True)
 
@@ -480,6 +480,26 @@ def keyed_step(settings: Settings, plan: Plan, step: Step, registries: Registrie
     return replace(step, key=key, pinned_text=pin_from_lines(step.text, step.froms, pins))
 
 
+def pinned_upstream(settings: Settings, plan: Plan, step: Step, registries: Registries
+                    ) -> Step:
+    """Without a push (no key, no reuse) the FROM images that are not ours are still pinned
+    to their platform's digest where the registry answers, so parallel builds of two
+    architectures never pull the same name; ours stay local names (they are in local storage
+    only)."""
+    arch = step.arch or host_arch()
+    pins: dict[str, str] = {}
+    for line in step.froms:
+        if not line.is_image or line.image in pins or image_name_in(
+                line.image, plan.target.registry) in plan.graph:
+            continue
+        try:
+            pins[line.image] = (f"{strip_reference(line.image)}@"
+                                f"{registries.platform_digest(line.image, arch)}")
+        except (InputError, RegistryError):
+            continue  # buildah pulls it by name (or says what is wrong with it)
+    return replace(step, pinned_text=pin_from_lines(step.text, step.froms, pins))
+
+
 def key_ref(target: Target, step: Step) -> str:
     assert step.key is not None
     return f"{target.registry.rstrip('/')}/{step.image}:{key_tag(step.key)}"
@@ -674,6 +694,8 @@ class _Run:
         section = f"{step.image}{'_' + step.arch if step.arch else ''}"
         what = "dependency " if step.dependency else ""
         _seed(settings, target, step, dry_run=False)
+        if not target.push:
+            step = pinned_upstream(settings, self.plan, step, self.registries)
         if target.push:
             step = keyed_step(settings, self.plan, step, self.registries, self.digests)
             console.info(f"{step.image}: input key {step.key}")
