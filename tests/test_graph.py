@@ -261,3 +261,17 @@ def test_source_date_epoch_is_declared_in_every_stage() -> None:
     assert declare_after_from(text, ("SOURCE_DATE_EPOCH",)) == (
         "FROM a AS one\nARG SOURCE_DATE_EPOCH\nRUN true\nFROM \\\n    b\n"
         "ARG SOURCE_DATE_EPOCH\nRUN x")
+
+
+def test_graph_and_plan_are_pure() -> None:
+    """kiln.build.graph and kiln.build.plan are the build's core part: no process, no HTTP, no
+    console, no adapter (kiln.build as a whole is orchestration, so the import contract cannot
+    say it; docs/architecture.md)."""
+    import grimp
+
+    graph = grimp.build_graph("kiln", include_external_packages=True, cache_dir=None)
+    io = {"httpx", "rich", "subprocess", "kiln.proc", "kiln.console", "kiln.buildah",
+          "kiln.skopeo", "kiln.registry.access", "kiln.registry.client", "kiln.gitops",
+          "kiln.qemu", "kiln.local_registry", "kiln.build.run"}
+    for module in ("kiln.build.graph", "kiln.build.plan"):
+        assert graph.find_upstream_modules(module) & io == set(), module
