@@ -19,6 +19,9 @@ faults, an integrity failure and a tag the registry left dangling are all "rerun
 from __future__ import annotations
 
 import json
+import re
+import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require_tool
-from helpers.fault_proxy import FaultProxy, seeded_faults
+from helpers.fault_proxy import FaultProxy, Rule, request_key, seeded_faults
 from helpers.images import push_test_image
 from helpers.run import run_kiln
 from kiln import promote
@@ -60,7 +63,7 @@ def consistent(host: str) -> dict[str, dict[str, str]]:
                     manifest = client.get_manifest(repo, tag)
                 except RegistryError:
                     # removed meanwhile by a concurrent run (fine), or dangling (not fine)
-                    assert tag not in client.list_tags(repo), f"{repo}:{tag} dangles"
+                    assert not still_dangling(client, repo, tag), f"{repo}:{tag} dangles"
                     continue
                 tags[tag] = manifest.digest
                 images = [manifest]
@@ -75,6 +78,22 @@ def consistent(host: str) -> dict[str, dict[str, str]]:
             if tags:
                 state[repo] = tags
     return state
+
+
+def still_dangling(client: RegistryClient, repo: str, tag: str, seconds: float = 2.0) -> bool:
+    """Whether ``tag`` stays listed without a manifest. distribution deletes a manifest before
+    it untags it, so a concurrent stop-mr (another rate's) shows that state for a moment: only
+    a tag still listed and unresolvable after ``seconds`` dangles."""
+    deadline = time.monotonic() + seconds
+    while tag in client.list_tags(repo):
+        try:
+            client.get_manifest(repo, tag)
+            return False  # it resolves again (re-pointed meanwhile)
+        except RegistryError:
+            if time.monotonic() > deadline:
+                return True
+            time.sleep(0.1)
+    return False
 
 
 def until_success(project: Path, host: str, args: list[str], env: dict[str, str],
@@ -93,6 +112,16 @@ def until_success(project: Path, host: str, args: list[str], env: dict[str, str]
     log.append(f"{args[0]}: exit codes {codes}")
     assert codes[-1] == 0, f"{args[0]} did not converge in {MAX_RUNS} runs: {codes}"
     return done.stdout
+
+
+def assert_faults_recovered(proxy: FaultProxy) -> None:
+    """Faults were injected, and each request a fault stopped was sent again (by the client's
+    retry or a rerun) until it got through: the faults were absorbed, not missed."""
+    assert proxy.faults, "no fault was injected: the run tested nothing"
+    stopped = Counter((method, path) for kind, method, path in proxy.faults
+                      if kind != "slow" and "/blobs/uploads/" not in path)
+    unretried = {key: n for key, n in stopped.items() if proxy.attempts[key] <= n}
+    assert unretried == {}, f"requests that failed and were never sent again: {unretried}"
 
 
 def ci_env(address: str, image: str) -> dict[str, str]:
@@ -143,12 +172,99 @@ def test_registry_tasks_through_faults(tmp_path: Path, registry: RegistryServer,
             assert consistent(host)[image] == final
             kinds = sorted({f[0] for f in proxy.faults})
             requests = sum(proxy.attempts.values())
-        if rate >= 0.3:
-            assert proxy.faults
+        assert_faults_recovered(proxy)  # every rate, 0.1 included, really injected faults
         return (f"[fault rate {rate}, seed {seed}] {len(proxy.faults)} faults in {requests} "
                 f"requests ({', '.join(kinds)}); {'; '.join(log)}")
 
     each_rate(pipeline, capsys)
+
+
+# The registry client makes this many attempts per request (RegistryClient.max_attempts).
+CLIENT_ATTEMPTS = 5
+# Faults that leave the registry untouched (the request is not forwarded); the last one is what
+# the error message names.
+UNFORWARDED = ["500", "502", "429", "drop", "503"]
+
+
+def burst(method: str, path: re.Pattern[str], failures: int) -> tuple[Rule, list[str]]:
+    """The first ``failures`` attempts of the requests ``method path`` fail (kinds rotating
+    through UNFORWARDED, the last a 503), then everything passes. Returns the rule and the list
+    the paths it failed are appended to."""
+    hits: list[str] = []
+
+    def rule(m: str, p: str, _attempt: int) -> str | None:
+        if m != method or not path.search(request_key(p)) or len(hits) >= failures:
+            return None
+        hits.append(p)
+        return UNFORWARDED[(len(hits) - 1) % len(UNFORWARDED)]
+
+    return rule, hits
+
+
+# (task, the write that keeps failing, the state the failed run leaves; "" marks the index,
+#  "throwaway" a digest that is none of the images)
+BURSTS: list[tuple[str, str, re.Pattern[str], dict[str, str]]] = [
+    ("manifest", "PUT", re.compile(r"/manifests/p-9$"),
+     {"p-9-amd64": "amd64", "p-9-arm64": "arm64"}),
+    ("tag", "PUT", re.compile(r"/manifests/latest$"),
+     {"p-9-amd64": "amd64", "p-9-arm64": "arm64", "p-9": "", "g-9": ""}),
+    ("deploy-production", "PUT", re.compile(r"/manifests/production$"),
+     {"p-9-amd64": "amd64", "p-9-arm64": "arm64", "p-9": "", "g-9": "", "latest": "",
+      "mr-4": ""}),
+    ("stop-mr", "DELETE", re.compile(r"/manifests/sha256:[0-9a-f]{64}$"),
+     {"p-9-amd64": "amd64", "p-9-arm64": "arm64", "p-9": "", "g-9": "", "latest": "",
+      "production": "", "mr-4": "throwaway"}),
+]
+AFTER_RERUN = {
+    "manifest": {"p-9-amd64": "amd64", "p-9-arm64": "arm64", "p-9": ""},
+    "tag": {"p-9-amd64": "amd64", "p-9-arm64": "arm64", "p-9": "", "g-9": "", "latest": "",
+            "mr-4": ""},
+    "deploy-production": {"p-9-amd64": "amd64", "p-9-arm64": "arm64", "p-9": "", "g-9": "",
+                          "latest": "", "mr-4": "", "production": ""},
+    "stop-mr": {"p-9-amd64": "amd64", "p-9-arm64": "arm64", "p-9": "", "g-9": "",
+                "latest": "", "production": ""},
+}
+
+
+def test_registry_tasks_fail_when_a_write_keeps_failing_then_converge_on_a_rerun(
+        tmp_path: Path, registry: RegistryServer) -> None:
+    """The pipeline's registry tasks, each with one write failing ``CLIENT_ATTEMPTS`` times in a
+    row (more than the client retries): the run exits 4 naming the write and saying to rerun,
+    no traceback, and the registry is exactly as far as the task got (nothing half-written:
+    every tag resolves, the index is never written without its children). The rerun, the
+    faults spent, exits 0 and leaves exactly the pipeline's tags."""
+    host = registry.address
+    for arch in ("amd64", "arm64"):
+        push_test_image(tmp_path, f"{host}/app:p-9-{arch}", arch=arch, label="app")
+    children = consistent(host)["app"]
+
+    def named(state: dict[str, str]) -> dict[str, str]:
+        """Digests as names: an arch for a child, "" for the index, "throwaway" otherwise."""
+        index = state.get("p-9")
+        return {tag: next((arch for arch in ("amd64", "arm64")
+                           if digest == children[f"p-9-{arch}"]), None)
+                or ("" if digest == index else "throwaway") for tag, digest in state.items()}
+
+    for task, method, path, after_failure in BURSTS:
+        rule, hits = burst(method, path, CLIENT_ATTEMPTS)
+        with FaultProxy(host, rule, retry_after="0") as proxy:
+            failed = run_kiln(tmp_path, task, env=ci_env(proxy.address, "app"))
+            assert failed.returncode == 4, f"{task}: {failed.stdout}{failed.stderr}"
+            assert len(hits) == CLIENT_ATTEMPTS, f"{task}: the client made {len(hits)} attempts"
+            assert f"failed after {CLIENT_ATTEMPTS} attempts: HTTP 503" in failed.stderr, (
+                task, failed.stderr)
+            assert "rerun later" in failed.stderr and "Traceback" not in failed.stderr, (
+                task, failed.stderr)
+            assert named(consistent(host)["app"]) == after_failure, task
+            rerun = run_kiln(tmp_path, task, env=ci_env(proxy.address, "app"))
+            assert rerun.returncode == 0, f"{task} rerun: {rerun.stderr}"
+        state = consistent(host)["app"]
+        assert named(state) == AFTER_RERUN[task], task
+        if "p-9" in state:
+            with RegistryClient(host) as client:
+                index = client.get_manifest("app", "p-9")
+            assert {c.digest for c in media.index_children(index.body)} == {
+                children["p-9-amd64"], children["p-9-arm64"]}
 
 
 def push_multi(tmp_path: Path, host: str, repo: str, tag: str) -> None:
