@@ -677,7 +677,13 @@ def _download_deb(cache: Path, package: str, arch: str) -> Path:
 
 def _apt_update() -> None:
     _need_root("apt-get update")
-    proc.run(["apt-get", "update", "-q"], error=KilnError, what="apt-get update", tail_lines=15)
+    try:
+        proc.run(["apt-get", "update", "-q"], error=KilnError, what="apt-get update",
+                 tail_lines=15)
+    except KilnError as exc:
+        raise KilnError(exc.message, hint="busybox for another architecture comes from Debian's "
+                        "apt repository; a mirror in sync ('File has unexpected size') or an "
+                        "unreachable one fails this: run the build again later") from exc
 
 
 def _need_root(what: str) -> None:
