@@ -56,7 +56,13 @@ from kiln.errors import ConfigError, InputError, RegistryError, RegistryTransien
 from kiln.registry import media
 from kiln.registry.client import RegistryClient
 from kiln.registry.media import Manifest, ManifestInfo
-from kiln.registry.reference import ImageRef, split_repository, validate_repository, validate_tag
+from kiln.registry.reference import (
+    ImageRef,
+    is_docker_hub,
+    split_repository,
+    validate_repository,
+    validate_tag,
+)
 from kiln.settings import Settings
 from kiln.tag_policy import arch_tag, source_tag
 
@@ -85,9 +91,8 @@ class Destination:
 
 
 def _is_public(host: str, public: Sequence[str]) -> bool:
-    aliases = {"docker.io", "index.docker.io", "registry-1.docker.io"}
-    hosts = set(public) | (aliases if aliases & set(public) else set())
-    return host in hosts
+    # Docker Hub's names are one registry (kiln.registry.reference)
+    return host in public or (is_docker_hub(host) and any(is_docker_hub(p) for p in public))
 
 
 def destinations_for(settings: Settings, image: str, registry: str) -> list[Destination]:

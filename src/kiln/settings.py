@@ -28,7 +28,7 @@ from kiln.ci_context import CIContext
 from kiln.credentials import parse_build_secret
 from kiln.errors import ConfigError, InputError
 from kiln.redact import Secret as Secret  # re-exported: older imports of kiln.settings.Secret
-from kiln.registry.reference import split_repository
+from kiln.registry.reference import DOCKER_HUB, split_repository
 from kiln.retention import check_pattern, parse_age, parse_iid, parse_keep
 
 Kind = Literal["str", "bool", "path", "arch", "arches", "list", "mapping", "secret", "registry",
@@ -228,9 +228,9 @@ OPTIONS: tuple[Option, ...] = (
            "registry.gitlab.com/group/project; else the embedded local registry",
            fallback_env=("CI_REGISTRY_IMAGE",)),
     Option("upstream_registry", "registry", "registry of upstream images (FROM of our bases)",
-           default="docker.io"),
+           default=DOCKER_HUB),
     Option("public_registries", "list", "registries whose images count as public",
-           default=("quay.io", "docker.io")),
+           default=("quay.io", DOCKER_HUB)),
     Option("base_image_tag", "str", "tag of our base images used in FROM", default="latest",
            env=("BASE_IMAGE_TAG",)),
     # setup-from-base (the FROM of a service): where the base image comes from. A service

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from kiln.errors import ConfigError
 from kiln.redact import Secret
+from kiln.registry.reference import DOCKER_HUB, is_docker_hub
 
 # The user name docker and the containers tools use with an identity token.
 IDENTITY_TOKEN_USER = "<token>"
@@ -71,9 +72,7 @@ def _normalise_key(key: str) -> str:
     text = text.rstrip("/")
     if text.endswith("/v1") or text.endswith("/v2"):
         text = text[:-3]
-    if text in {"index.docker.io", "registry-1.docker.io"}:
-        text = "docker.io"
-    return text
+    return DOCKER_HUB if is_docker_hub(text) else text
 
 
 def credentials_from_auth_data(data: Mapping[str, object], host: str, repository: str = "",
@@ -85,7 +84,7 @@ def credentials_from_auth_data(data: Mapping[str, object], host: str, repository
     auths = data.get("auths")
     if not isinstance(auths, Mapping):
         return None
-    host = "docker.io" if host in {"index.docker.io", "registry-1.docker.io"} else host
+    host = DOCKER_HUB if is_docker_hub(host) else host
     wanted = f"{host}/{repository}".rstrip("/")
     best: tuple[int, Mapping[str, object]] | None = None
     for key, entry in auths.items():
