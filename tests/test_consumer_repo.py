@@ -29,8 +29,9 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -267,7 +268,7 @@ def _state(registry: RegistryServer, prefix: str) -> dict[str, dict[str, str]]:
     return state
 
 
-def _named(tags: Mapping[str, str], built: Mapping[str, str] | None = None) -> set[str]:
+def _named(tags: Mapping[str, str], built: Sequence[str] | None = None) -> set[str]:
     """The tag names without the input-key tags ``k-<hex>`` (docs/tags.md), after checking
     those: one per build, on the digest that build pushed (``built``: its p- tags)."""
     keys = {tag: digest for tag, digest in tags.items() if tag.startswith("k-")}
@@ -325,7 +326,7 @@ def test_image_repository_multiarch_base_with_the_documented_manifest_job(
     state = _state(registry, "acme/images")
     assert list(state) == ["base"], "tools did not change: nothing of it is built"
     tags = state["base"]
-    assert _named(tags, built={"p-501-amd64": "", "p-501-arm64": ""}) == {
+    assert _named(tags, built=("p-501-amd64", "p-501-arm64")) == {
         "p-501-amd64", "p-501-arm64", "p-501", "g-501", "latest", "production"}
     with RegistryClient(registry.address) as client:
         index = client.get_manifest("acme/images/base", "p-501")
@@ -335,6 +336,7 @@ def test_image_repository_multiarch_base_with_the_documented_manifest_job(
     assert children == {arch: tags[f"p-501-{arch}"] for arch in ARCHES}
     assert tags["g-501"] == tags["latest"] == tags["production"] == tags["p-501"]
     assert _untracked(images["repo"]) == "", "kiln's .kiln/ ignores itself"
+    assert "uv binary not found" not in result.stdout + result.stderr, "issue #11 (6)"
 
 
 @pytest.fixture(scope="module")
@@ -365,11 +367,15 @@ def test_service_repository_builds_from_the_image_repositorys_base(
     state = _state(registry, "shop-main")
     assert set(state) == {"backend", "frontend"}
     for tags in state.values():
-        assert _named(tags, built={"p-601": ""}) == {"p-601", "g-601", "latest", "production"}
+        assert _named(tags, built=("p-601",)) == {"p-601", "g-601", "latest", "production"}
     base_layers = _layers(registry, "acme/images/base", "latest")
     assert _layers(registry, "shop-main/backend", "p-601")[:len(base_layers)] == base_layers
     assert "base" not in state, "the base comes from the image repository, not built here"
     assert _untracked(shop) == ""
+    # kiln's CI lint (nox -s lint runs it) takes the documented YAML as GitLab does
+    lint = subprocess.run([sys.executable, "-m", "kiln.ci_schema"], cwd=shop, env=world["env"],
+                          capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stderr
 
 
 @pytest.mark.real
@@ -384,7 +390,7 @@ def test_service_repository_merge_request_deploy_and_stop(world: dict[str, Any],
         _matrix_jobs("publish") | _matrix_jobs("tag") | {"deploy-mr-backend"})
     before = _state(registry, "shop-mr")
     for tags in before.values():
-        assert _named(tags, built={"p-602": ""}) == {"p-602", "g-602", "mr-7"}
+        assert _named(tags, built=("p-602",)) == {"p-602", "g-602", "mr-7"}
     stop = _run(world, shop, "shop-mr", MERGE_REQUEST, "602", jobs=("stop-mr-backend",))
     assert stop.returncode == 0, _explain(stop)
     assert passed_jobs(stop.stdout) == ["stop-mr-backend"]
@@ -414,7 +420,7 @@ def test_one_image_repository_merge_request_deploy_and_stop(world: dict[str, Any
     assert set(passed_jobs(result.stdout)) == {"publish", "tag", "deploy-mr"}
     before = _state(registry, "svc-mr")
     assert list(before) == ["svc"]
-    assert _named(before["svc"], built={"p-701": ""}) == {"p-701", "g-701", "mr-7"}
+    assert _named(before["svc"], built=("p-701",)) == {"p-701", "g-701", "mr-7"}
     stop = _run(world, svc, "svc-mr", MERGE_REQUEST, "701", jobs=("stop-mr",))
     assert stop.returncode == 0, _explain(stop)
     assert passed_jobs(stop.stdout) == ["stop-mr"]
@@ -429,5 +435,5 @@ def test_one_image_repository_tag_pipeline(world: dict[str, Any], svc: Path) -> 
     assert result.returncode == 0, _explain(result)
     assert set(passed_jobs(result.stdout)) == {"publish", "tag"}
     tags = _state(registry, "svc-tag")["svc"]
-    assert _named(tags, built={"p-702": ""}) == {"p-702", "g-702", "v1.0.0"}
+    assert _named(tags, built=("p-702",)) == {"p-702", "g-702", "v1.0.0"}
     assert tags["v1.0.0"] == tags["p-702"]

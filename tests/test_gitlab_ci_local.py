@@ -159,6 +159,8 @@ def _state(registry: RegistryServer, project: str) -> dict[str, dict[str, str]]:
                 continue
             tags = {}
             for tag in client.list_tags(repo):
+                if tag.startswith("k-"):
+                    continue  # the input-key tags (docs/tags.md): tests/test_graph_real.py
                 info = client.head_manifest(repo, tag)
                 assert info is not None
                 tags[tag] = info.digest
