@@ -688,6 +688,21 @@ class _Run:
             raise failure
         return [results[name] for name in self.plan.graph.order() if name in results]
 
+    def reuse(self, step: Step, why: str) -> BuildResult:
+        """``p-<id>[-<arch>]`` as a manifest copy of the image with ``step``'s input key."""
+        assert self.registries is not None
+        target = self.plan.target
+        section = f"{step.image}{'_' + step.arch if step.arch else ''}"
+        what = "dependency " if step.dependency else ""
+        with console.section(f"reuse_{section}", f"reuse {what}{step.image} -> {step.ref}"):
+            digest = self.registries.copy(key_ref(target, step), step.ref.rsplit(":", 1)[1])
+        console.step(f"reused {step.ref}@{digest} (same input key as {key_ref(target, step)}; "
+                     f"{why})")
+        self.digests[step.image] = digest
+        return BuildResult(step.image, step.arch, step.ref,
+                           containerfile_path(self.settings, step.image, step.arch), digest,
+                           True, step.dependency, (), step.key, True)
+
     def one(self, step: Step) -> BuildResult:
         settings, target = self.settings, self.plan.target
         assert self.tools is not None and self.registries is not None
@@ -699,21 +714,17 @@ class _Run:
         if target.push:
             step = keyed_step(settings, self.plan, step, self.registries, self.digests)
             console.info(f"{step.image}: input key {step.key}")
-            found = None if self.rebuild else self.registries.find(key_ref(target, step))
-            if found is not None:
-                with console.section(f"reuse_{section}", f"reuse {what}{step.image} -> "
-                                                         f"{step.ref}"):
-                    digest = self.registries.copy(key_ref(target, step), step.ref.rsplit(":", 1)[1])
-                console.step(f"reused {step.ref}@{digest} (same input key as "
-                             f"{key_ref(target, step)}; nothing built)")
-                self.digests[step.image] = digest
-                return BuildResult(step.image, step.arch, step.ref,
-                                   containerfile_path(settings, step.image, step.arch), digest,
-                                   True, step.dependency, (), step.key, True)
+            if not self.rebuild and self.registries.find(key_ref(target, step)) is not None:
+                return self.reuse(step, "nothing built")
         with console.section(f"build_{section}", f"build {what}{step.image} -> {step.ref}"):
             argv, containerfile = _build_step(settings, self.buildah, target, step, self.labels,
                                               self.tools.authfile, self.tools.cert_dir,
                                               self.epoch)
+        if (target.push and not self.rebuild
+                and self.registries.find(key_ref(target, step)) is not None):
+            # another job of this pipeline built the same inputs meanwhile (a matrix job that
+            # needs the same base): take its image, so p-<id> has one digest
+            return self.reuse(step, "built here too, not pushed")
         if not target.push:
             console.step(f"built {step.ref} (local storage only, not pushed)")
             return BuildResult(step.image, step.arch, step.ref, containerfile, None, False,
