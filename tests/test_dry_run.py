@@ -52,6 +52,8 @@ CASES: dict[str, DryRun] = {
     "preprocess": DryRun(("--image", "app"), (r"COPY builds/app.in /app.in", r"RUN true")),
     "graph": DryRun((), (r"^level +image", r"^0 +app +- +amd64 +- +build$")),
     "images": DryRun((), (r"^app$",)),
+    "ci-graph": DryRun((), (r"^# write \S+/kiln-child-pipeline\.yml$", r"^build:app:$",
+                            r"^  KILN_PIPELINE_ID: '7'$", r"^  - nox -s publish$")),
     "binfmt-register": DryRun(("--arch", "arm64 s390x"), (r"qemu-aarch64", r"qemu-s390x")),
     "registry-start": DryRun((), (r"docker-registry serve \S+/\.kiln/registry/config\.yml",)),
     "registry-stop": DryRun((), (r"not running",)),
