@@ -196,7 +196,7 @@ def test_graph_and_build_input_errors_exit_2(project: Path, monkeypatch: pytest.
     assert exit_code(tasks.graph, dry_run=True) == 2
     err = capsys.readouterr().err
     assert "dependency cycle between images: app -> base -> app" in err
-    assert ".kiln/build/app/Containerfile:3 (app FROM base)" in err
+    assert "builds/app.in:3 (Containerfile .kiln/build/app/Containerfile:3) (app FROM base)" in err
     assert exit_code(tasks.build, image=["app"], dry_run=True) == 2
     assert exit_code(tasks.build, image=["base"], jobs="0", dry_run=True) == 2
     assert "--jobs '0' is not a number" in capsys.readouterr().err

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from kiln.build.graph import ImageGraph, Node, find_cycle
 from kiln.containerfile import FromLine, instructions, substitute
+from kiln.credentials import source_line
 from kiln.errors import ConfigError, InputError
 from kiln.settings import Settings, validate_image_name
 from kiln.tag_policy import pipeline_image_ref, pipeline_tag
@@ -231,9 +232,17 @@ class Source:
     text: str
     build_args: Mapping[str, str]
     froms: tuple[FromLine, ...]
+    origins: Mapping[str, str] = field(default_factory=dict)  # build file, includes: name -> text
 
     def from_line(self, dep: str, registry: str) -> FromLine:
         return next(f for f in self.froms if image_name_in(f.image, registry) == dep)
+
+    def where(self, line: FromLine) -> str:
+        """``builds/<image>.in:<n> (Containerfile <path>:<m>)``: the line to fix, found by its
+        text (the preprocessor keeps no line origins), and the line in the Containerfile."""
+        origin = source_line(line.text, [line.written], self.origins) if self.origins else None
+        here = f"{self.containerfile}:{line.line}"
+        return f"{origin} (Containerfile {here})" if origin else here
 
 
 def image_deps(source: Source, registry: str, upstream_registry: str,
@@ -254,14 +263,14 @@ def image_deps(source: Source, registry: str, upstream_registry: str,
             if external is not None and external(line.image):
                 continue
             raise InputError(
-                f"{source.containerfile}:{line.line}: {source.image} is built FROM "
+                f"{source.where(line)}: {source.image} is built FROM "
                 f"{line.image}, but there is no build file builds/{name}.in "
                 f"(line {line.line} of the Containerfile kiln made from {source.file}), "
                 "and the registry does not have it",
                 hint=f"add builds/{name}.in, or name an image outside {registry} "
                      f"(images: {', '.join(known_images)})")
         if name == source.image:
-            raise InputError(f"{source.containerfile}:{line.line}: {source.image} is built "
+            raise InputError(f"{source.where(line)}: {source.image} is built "
                              f"FROM itself ({line.image})",
                              hint="an image cannot be built FROM itself")
         deps.add(name)
@@ -278,7 +287,7 @@ def make_graph(sources: Mapping[str, Source], *, registry: str, upstream_registr
             for name, src in sources.items()}
     cycle = find_cycle(deps)
     if cycle:
-        steps = [f"{sources[a].containerfile}:{sources[a].from_line(b, registry).line} "
+        steps = [f"{sources[a].where(sources[a].from_line(b, registry))} "
                  f"({a} FROM {b})" for a, b in zip(cycle, cycle[1:], strict=False)]
         raise InputError(f"dependency cycle between images: {' -> '.join(cycle)}\n  "
                          + "\n  ".join(steps),
@@ -289,7 +298,7 @@ def make_graph(sources: Mapping[str, Source], *, registry: str, upstream_registr
             wanted = (line.platform or "").rsplit("/", 1)[-1]
             if dep in deps[name] and wanted and "$" not in wanted and wanted not in arches:
                 raise InputError(
-                    f"{src.containerfile}:{line.line}: {name} takes {dep} for platform "
+                    f"{src.where(line)}: {name} takes {dep} for platform "
                     f"{line.platform}, but this run builds {', '.join(arches)}",
                     hint="images of one graph are built for the same architectures: remove "
                          "--platform from the FROM line or build that architecture")

@@ -332,7 +332,8 @@ def plan_graph(settings: Settings, roots: Sequence[str], arch: str | None = None
                                    dependency_tag(settings.pipeline_id, arch))
             froms = parse_from_lines(text, args)
         rel = os.path.relpath(containerfile_path(settings, name, arch), context)
-        source = Source(name, f"builds/{name}.in", rel, text, args, tuple(froms))
+        source = Source(name, f"builds/{name}.in", rel, text, args, tuple(froms),
+                        build_sources(settings, name))
         if inspect is not None:
             inspect(source)
         return source
