@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from kiln import console, seed
+from kiln.errors import ConfigError
 from kiln.registry.access import target_registry
 from kiln.settings import Settings
 from kiln.tasks.common import kiln_task
@@ -43,7 +44,8 @@ def seed_upstream(c: Any, settings: Settings, upstream: list[str] | None = None)
         console.summary().mark_used()
         return
     registry = target_registry(settings).prefix
-    assert registry is not None  # not a dry run: the embedded registry was started
+    if registry is None:  # not expected: outside a dry run the embedded registry is started
+        raise ConfigError("no registry to seed", hint="pass --registry HOST[:PORT][/PATH]")
     pushed = seed.seed_upstream(settings, registry, names=[i.name for i in images],
                                 arches=arches)
     for ref in pushed:
