@@ -267,10 +267,10 @@ def _source_facts(settings: Settings, env: Mapping[str, str] | None
     return source, revision, created, seconds
 
 
-def _local_target(settings: Settings) -> tuple[Target, bool]:
+def _local_target(settings: Settings, *, start: bool = True) -> tuple[Target, bool]:
     """The target, and whether its registry is up (the embedded registry is started when it is
-    the target, except in a dry run)."""
-    chosen = access.target_registry(settings)
+    the target and ``start``, except in a dry run)."""
+    chosen = access.target_registry(settings, start=start)
     if not chosen.local:
         return resolve_target(settings, None), True
     return resolve_target(settings, chosen.prefix), chosen.prefix is not None
@@ -308,7 +308,7 @@ class Plan:
 
 
 def plan_graph(settings: Settings, roots: Sequence[str], arch: str | None = None, *,
-               inspect: Callable[[Source], None] | None = None) -> Plan:
+               inspect: Callable[[Source], None] | None = None, start: bool = True) -> Plan:
     """Read the build files of ``roots`` (and, with ``deps``, of every image of ours they are
     built FROM) into a graph; errors for unknown images, cycles and missing build files.
     ``inspect`` sees each source as soon as it is read: the credential check comes first."""
@@ -317,7 +317,7 @@ def plan_graph(settings: Settings, roots: Sequence[str], arch: str | None = None
         build_file_for(settings, name)
     if arch is not None:
         arch = normalize_arch(arch)
-    target, registry_up = _local_target(settings)
+    target, registry_up = _local_target(settings, start=start)
     known = list_images(settings.builds_dir)
     context = settings.context_dir or settings.project_dir
 
@@ -762,8 +762,11 @@ def describe_graph(settings: Settings, roots: Sequence[str] | None, arch: str | 
     if not names:
         raise InputError(f"no build files (*.in) in {settings.builds_dir}")
     settings = settings.replace(deps=True)
-    plan = plan_graph(settings, names, arch)
+    plan = plan_graph(settings, names, arch, start=False)  # reading needs no registry started
     if not plan.registry_up or settings.dry_run or not plan.target.push:
+        if not plan.registry_up and not settings.dry_run:
+            console.warn("the embedded local registry is not running: no input keys "
+                         "(invoke registry-start)")
         return plan.graph
     graph = plan.graph
     digests: dict[str, str] = {}
