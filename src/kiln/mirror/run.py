@@ -12,10 +12,18 @@ Otherwise, at the pull floor:
   only the missing children (skopeo, by digest: 1 pull each), PUT the index bytes unchanged;
 - an image: skopeo copies the source *digest* (1 pull) and kiln checks the digest it wrote.
 
+With ``signatures: true`` an image's signatures and attestations follow it (:class:`_Artifacts`):
+found with HEADs before anything is written (one referrers list where the source has no
+``sha256-<hex>`` index, asked once per run of a registry without the API), read only when the
+destination lacks them (a pull each), checked to name the image as their subject (else the
+image fails, nothing written for it), and written after the image, the destination's
+``sha256-<hex>`` index last. Up-to-date artifacts cost no pull.
+
 A copy first reserves its pulls with the rate-limit gate. One image's failure never stops the
 others; the summary lists every outcome, the pulls the run spent and what the source says remain,
 and the run raises :class:`MirrorFailed` (with the failures' exit-code category) when anything
-failed. A dry run stops after planning: HEADs and tag lists only.
+failed. A dry run stops after planning: HEADs and tag lists only (and referrers lists, with
+``signatures``), and lists each artifact it would copy.
 """
 
 from __future__ import annotations
@@ -760,10 +768,18 @@ class _Artifacts:
                 found.results.append(ArtifactResult(subject, tag, info.digest,
                                                     f"{would} (1 pull)"))
             else:
-                manifest = self._pull(tag)
+                manifest = self._known(found, info.digest) or self._pull(tag)
                 found.copy.append((tag, manifest))
                 found.results.append(ArtifactResult(subject, tag, manifest.digest, would))
         return found
+
+    def _known(self, found: _Found, digest: str) -> Manifest | None:
+        """``digest`` without a pull: read already (a cosign tag on a listed referrer), or in
+        the destination repository (ours: free)."""
+        for _, manifest in found.copy:
+            if manifest.digest == digest:
+                return manifest
+        return self.dst.get(digest) if self.dst.head(digest) is not None else None
 
     def write(self) -> None:
         """Write what :meth:`discover` read: the artifacts, then the destination's fallback
