@@ -853,7 +853,9 @@ def format_report(report: MirrorReport,
         message = o.message.splitlines() or [""]
         lines.append(f"  {'':<{width}}    {message[0]}")
         lines.extend(f"  {'':<{width}}    {extra}" for extra in message[1:])
-        lines.extend(f"  {'':<{width}}    artifact {artifact}" for artifact in o.artifacts)
+        # the plan shows every artifact; the summary those that changed (the message counts all)
+        lines.extend(f"  {'':<{width}}    artifact {artifact}" for artifact in o.artifacts
+                     if report.dry_run or artifact.status != UP_TO_DATE)
         for operation in (operations or {}).get(o.image.label, ()):
             lines.append(f"  {'':<{width}}    {operation}")
     warnings = [(o.image, w) for o in report.outcomes for w in o.warnings]
