@@ -283,3 +283,55 @@ def test_signatures_off_looks_for_nothing() -> None:
     assert [what for _, what in src.log if "referrers" in what or "sha256-" in what] == []
     assert "artifacts" not in run(registries, "images:\n  - src.example.com/library/app:1\n"
                                   ).to_json()["images"][0]  # type: ignore[index]
+
+
+class ChildCopier(Copier):
+    """skopeo's per-digest copy too, so an index is copied child by child (as in real runs)."""
+
+    def copy_to(self, source: str, destination: str, what: str) -> str:
+        from kiln.registry.reference import parse_reference
+
+        src_ref = parse_reference(source.removeprefix("docker://"))
+        dst_ref = parse_reference(destination.removeprefix("docker://"))
+        assert src_ref.digest is not None
+        manifest = self.registries.hosts[src_ref.host].get_manifest(src_ref.repository,
+                                                                     src_ref.digest)
+        self.registries.hosts[dst_ref.host].store(dst_ref.repository, manifest)
+        return manifest.digest
+
+
+def index_of(registry: MemoryRegistry, children: list[Manifest], tag: str) -> Manifest:
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": c.media_type, "digest": c.digest, "size": len(c.body),
+         "platform": {"architecture": arch, "os": "linux"}}
+        for arch, c in zip(("amd64", "arm64"), children, strict=True)]}).encode()
+    return registry.store("library/app", Manifest.from_bytes(body, OCI_INDEX), tag)
+
+
+def test_a_bad_artifact_of_an_index_child_stops_the_index_before_anything_is_written() -> None:
+    registries = Registries(source_api=True)
+    src = registries.hosts[SRC]
+    children = [image(src, "amd64", "a"), image(src, "arm64", "b")]
+    index_of(src, children, "1")
+    wrong = artifact(src, image(src, "elsewhere", "c"), "signature of another image")
+    listed = src.referrers
+
+    def listing(repo: str, digest: str) -> bytes | None:  # lists it under the arm64 child
+        body = json.loads(listed(repo, digest) or b"{}")
+        if digest == children[1].digest:
+            body["manifests"].append({"mediaType": wrong.media_type, "digest": wrong.digest,
+                                      "size": len(wrong.body)})
+        return json.dumps(body).encode()
+
+    src.referrers = listing  # type: ignore[method-assign]
+    config = parse_config(SIGNED, "mirrors.yml", {"REGISTRY": DST})
+    (outcome,) = run_mirror(config.images, head=registries.head,
+                            copier=ChildCopier(registries),
+                            gate=RateLimitGate(RateLimitPolicy(floor=0)), jobs=1,
+                            registries=registries).outcomes
+    assert outcome.status == FAILED and outcome.exit_code == 2, outcome.message
+    assert f"but its subject is {children[1].digest}" not in outcome.message
+    assert f"is listed as an artifact of {children[1].digest}" in outcome.message
+    assert "nothing was written for this image" in outcome.message
+    assert registries.hosts[DST].writes() == [] and registries.hosts[DST].manifests == {}
+    assert outcome.pulls == 2  # the index, then the listed artifact (to check it)

@@ -401,18 +401,22 @@ def _mirror_one(image: MirrorImage, probe: Callable[[ImageRef, str], Probe],
         try:
             found.discover(subjects)  # read and checked before anything is written
         except KilnError as exc:
-            return _artifact_failure(image, plan, found, exc, written=False)
+            return _artifact_failure(image, plan, found, exc, written=False, pulls=found.pulls)
 
     outcome = _mirror_image(image, plan, probe, copier, gate, dry_run, progress, registries,
                             refresh, found)
-    if found is None or outcome.failed:
+    if found is None:
         return outcome
+    if outcome.failed:  # the pulls its artifacts' discovery spent count too
+        return dataclasses.replace(outcome, pulls=outcome.pulls + found.pulls,
+                                   artifacts=found.results)
     if not dry_run:
         progress.phase(image, "copying signatures and attestations")
     try:
         found.write()
     except KilnError as exc:
-        return _artifact_failure(image, plan, found, exc, written=True, pulls=outcome.pulls)
+        return _artifact_failure(image, plan, found, exc, written=True,
+                                 pulls=outcome.pulls + found.pulls)
     results = found.results
     changed = sum(1 for r in results if r.status != UP_TO_DATE)
     note = (f"; {len(results)} artifact(s): {changed} to copy" if dry_run else
@@ -431,11 +435,11 @@ class _BeforeWrite(Exception):
 
 
 def _artifact_failure(image: MirrorImage, plan: Plan, found: _Artifacts, exc: KilnError, *,
-                      written: bool, pulls: int = 0) -> Outcome:
+                      written: bool, pulls: int) -> Outcome:
     what = "the image was mirrored, but its signatures and attestations failed" if written \
         else "signatures and attestations: nothing was written for this image"
     return Outcome(image, FAILED, f"{what}: {exc}", plan, plan.warnings, exc.exit_code,
-                   pulls=pulls + found.pulls, artifacts=found.results)
+                   pulls=pulls, artifacts=found.results)
 
 
 def _mirror_image(image: MirrorImage, plan: Plan, probe: Callable[[ImageRef, str], Probe],
@@ -506,6 +510,10 @@ def _mirror_image(image: MirrorImage, plan: Plan, probe: Callable[[ImageRef, str
             written, note = _copy_index(source_by_digest, dst, probe, registries, copier, spent,
                                         reserve, children_artifacts)
         else:
+            if found is not None and registries is not None \
+                    and media.is_index(plan.media_type or ""):
+                spent[0] += 1  # a copier that copies indexes whole: read it for its children
+                children_artifacts(registries.get_manifest(source_by_digest, plan.digest))
             spent[0] += 1  # skopeo GETs the manifest once (an index goes through _copy_index)
             written, note = copier.copy(source_by_digest, dst), ""
     except _BeforeWrite as failure:
