@@ -217,12 +217,17 @@ def test_needs_beat_one_stage_per_level_when_durations_differ() -> None:
 
 # --- invoke ci-graph's pure parts ---------------------------------------------------------------
 
-def test_exclusions_come_from_the_flag_or_the_environment() -> None:
-    from kiln.tasks.graph import EXCLUDE_ENV, excluded_images
+def test_exclusions_come_from_the_flag_or_the_setting(tmp_path: Path) -> None:
+    from kiln.settings import Settings
+    from kiln.tasks.graph import excluded_images
 
-    assert excluded_images(["a,b", "c"], {EXCLUDE_ENV: "x"}) == ["a", "b", "c"]
-    assert excluded_images(None, {EXCLUDE_ENV: "busybox, tool busybox"}) == ["busybox", "tool"]
-    assert excluded_images([], {}) == []
+    env = {"KILN_CI_GRAPH_EXCLUDE": "busybox, tool busybox"}
+    setting = Settings.resolve(tmp_path, {}, env).ci_graph_exclude  # declared once, in OPTIONS
+    assert excluded_images(["a,b", "c"], setting) == ["a", "b", "c"]
+    assert excluded_images(None, setting) == ["busybox", "tool"]
+    assert excluded_images([], ()) == []
+    configured = Settings.resolve(tmp_path, {"ci-graph-exclude": ["tool"]}, {})
+    assert excluded_images(None, configured.ci_graph_exclude) == ["tool"]
 
 
 def test_an_excluded_image_must_not_be_needed_by_the_graph() -> None:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from kiln.errors import RegistryTransientError, ToolMissingError
+from kiln import proc
+from kiln.errors import RegistryTransientError
 from kiln.state_dir import ensure_state_dir
 
 REGISTRY_BINARY = "docker-registry"
@@ -101,7 +100,7 @@ class RegistryServer:
         self.config_path = workdir / "config.yml"
         self.log_path = workdir / "registry.log"
         self.data_dir = workdir / "data"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: proc.Background | None = None
         self.host: str | None = None
         self._log_offset = 0
 
@@ -113,12 +112,7 @@ class RegistryServer:
         return self.host
 
     def start(self, *, detach: bool = False, timeout: float = 15.0) -> str:
-        binary = shutil.which(REGISTRY_BINARY)
-        if binary is None:
-            raise ToolMissingError(
-                f"{REGISTRY_BINARY} not found on PATH",
-                hint="install it: apt-get install docker-registry",
-            )
+        proc.which(REGISTRY_BINARY)  # a missing binary fails before anything is written
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(
@@ -126,12 +120,9 @@ class RegistryServer:
             encoding="utf-8",
         )
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [binary, "serve", str(self.config_path)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=detach,
-            )
+        self.process = proc.start([REGISTRY_BINARY, "serve", str(self.config_path)],
+                                  log=self.log_path, error=RegistryTransientError,
+                                  detach=detach)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self._log_since_start()
@@ -151,13 +142,8 @@ class RegistryServer:
                                      hint=f"see its log: {self.log_path}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            self.process.stop(timeout=10)
         self.process = None
 
     def _log_since_start(self) -> str:

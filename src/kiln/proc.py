@@ -1,4 +1,9 @@
-"""Running host tools: one place that starts processes, masks secrets and explains failures."""
+"""Running host tools: one place that starts processes, masks secrets and explains failures.
+
+:func:`run` waits for a tool, :func:`run_attached` gives it the terminal, :func:`start` leaves a
+server running (the embedded ``docker-registry``). Every one finds the tool with :func:`which`
+(a missing tool names its Debian package) and masks registered secrets in what it reports.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from kiln import console
 from kiln.errors import KilnError, ToolMissingError
@@ -93,3 +99,63 @@ def run_attached(args: Sequence[str], *, stdout_to_stderr: bool = False) -> int:
     argv = [which(args[0]), *args[1:]]
     return subprocess.run(argv, check=False,
                           stdout=sys.stderr if stdout_to_stderr else None).returncode
+
+
+class Background:
+    """A long-running tool started by :func:`start`: its pid, whether it still runs, how it
+    ended, and how to stop it."""
+
+    def __init__(self, args: tuple[str, ...], popen: subprocess.Popen[bytes]) -> None:
+        self.args = args
+        self._popen = popen
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """Its exit code once it has ended (after :meth:`poll` or :meth:`stop`), else ``None``."""
+        return self._popen.returncode
+
+    def poll(self) -> int | None:
+        """Its exit code if it has ended, ``None`` while it runs."""
+        return self._popen.poll()
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; returns the exit code."""
+        if self._popen.poll() is None:
+            self._popen.terminate()
+            try:
+                self._popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._popen.kill()
+                self._popen.wait()
+        return self._popen.returncode
+
+
+def start(
+    args: Sequence[str],
+    *,
+    log: Path,
+    error: type[KilnError] = KilnError,
+    what: str | None = None,
+    env: Mapping[str, str] | None = None,
+    detach: bool = False,
+) -> Background:
+    """Start a long-running tool (a server) and return at once. Its stdout and stderr are
+    appended to ``log`` (the caller reads readiness and failures there); stdin is closed.
+    ``detach`` puts it in a session of its own, so it outlives this process's terminal and
+    process group. A missing tool is a :class:`ToolMissingError`; one that cannot be executed
+    raises ``error`` with the (masked) command."""
+    argv = [which(args[0]), *args[1:]]
+    with log.open("ab") as out:
+        try:
+            popen = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=None if env is None else dict(env), start_new_session=detach,
+            )
+        except OSError as exc:
+            raise error(f"{what or args[0]} could not be started: {exc.strerror or exc}: "
+                        f"{console.mask(' '.join(args))}") from exc
+    return Background(tuple(args), popen)

@@ -307,6 +307,13 @@ OPTIONS: tuple[Option, ...] = (
            default=(), check=parse_iid),
     Option("copy_referrers", "bool", "copy an image's signatures and attestations (OCI "
            "referrers, cosign tags) along with promote's cross-registry copies", default=True),
+    # CI jobs (kiln.ci_graph, kiln.nox_sessions): images the generated child pipeline leaves to
+    # hand-written jobs (for a job that runs `nox -s ci-graph` and cannot pass --exclude), and
+    # whether the lint session fails when hadolint is missing (a warning otherwise).
+    Option("ci_graph_exclude", "list", "images ci-graph leaves to hand-written jobs (nothing "
+           "of the graph may be built FROM them; --exclude wins)", default=()),
+    Option("require_hadolint", "bool", "the lint session fails when hadolint is missing "
+           "(default: a warning)", default=False),
 )
 OPTION: Mapping[str, Option] = {option.name: option for option in OPTIONS}
 
@@ -393,6 +400,8 @@ class Settings:
     prune_keep_tags: tuple[str, ...] = _setting("prune_keep_tags")
     prune_open_mrs: tuple[str, ...] = _setting("prune_open_mrs")
     copy_referrers: bool = _setting("copy_referrers")
+    ci_graph_exclude: tuple[str, ...] = _setting("ci_graph_exclude")
+    require_hadolint: bool = _setting("require_hadolint")
     images: Mapping[str, ImageSettings] = field(default_factory=dict)
     ci: CIContext = field(default_factory=CIContext)
 

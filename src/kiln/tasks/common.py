@@ -27,7 +27,7 @@ from invoke.tasks import Task, task
 
 from kiln import console
 from kiln.errors import KilnError
-from kiln.settings import OPTIONS, Option, Settings, load_settings
+from kiln.settings import OPTION, OPTIONS, Option, Settings, load_settings
 
 # Task flag name -> the setting it sets (``json`` -> ``json_output``).
 FLAG_OPTIONS: Mapping[str, Option] = {option.flag_name: option for option in OPTIONS}
@@ -46,9 +46,11 @@ def settings_for(project_dir: Path | None = None, **flags: Any) -> Settings:
     password and the Basic credentials kiln writes into auth files) before anything is printed.
     """
     console.register_env_secrets(os.environ)
-    # --json must take effect even when the settings themselves are invalid
-    if flags.get("json_output") or os.environ.get("KILN_JSON_OUTPUT", "").lower() in {
-            "1", "true", "yes", "on"}:
+    # --json must take effect even when the settings themselves are invalid: read its
+    # declared variables (KILN_JSON_OUTPUT) ahead of the settings
+    if flags.get("json_output") or any(
+            os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+            for name in OPTION["json_output"].env_names):
         console.set_json(True)
     settings = load_settings(project_dir, **{k: v for k, v in flags.items() if v is not None})
     console.register_secret(settings.registry_password)

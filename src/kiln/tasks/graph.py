@@ -31,17 +31,13 @@ from kiln.tag_policy import key_tag, pipeline_tag
 from kiln.tasks.common import kiln_task
 
 DEFAULT_OUTPUT = "kiln-child-pipeline.yml"
-# Images left to hand-written jobs of the parent pipeline (space or comma separated), for
-# when the flag cannot be given: a CI job runs `nox -s ci-graph` and nothing else.
-EXCLUDE_ENV = "KILN_CI_GRAPH_EXCLUDE"
 
 
-def excluded_images(flag: Iterable[str] | None, env: Mapping[str, str]) -> list[str]:
-    """``--exclude`` (repeatable, commas allowed), else ``KILN_CI_GRAPH_EXCLUDE``."""
+def excluded_images(flag: Iterable[str] | None, setting: Sequence[str]) -> list[str]:
+    """``--exclude`` (repeatable, commas allowed), else the ``ci-graph-exclude`` setting
+    (``KILN_CI_GRAPH_EXCLUDE``: for a CI job that runs `nox -s ci-graph` and nothing else)."""
     words = [w for item in (flag or []) for w in item.replace(",", " ").split()]
-    if not words:
-        words = env.get(EXCLUDE_ENV, "").replace(",", " ").split()
-    return list(dict.fromkeys(words))
+    return list(dict.fromkeys(words or setting))
 
 
 def merge_arches(graphs: Mapping[str, ImageGraph]) -> ImageGraph:
@@ -122,7 +118,7 @@ def _write_whole(path: Path, text: str) -> None:
                 "on; --no-copy gives them ordinary jobs, which the build turns into copies)",
         "rebuild": "build every image, even when its input key is in the registry",
         "exclude": "leave this image to hand-written jobs (repeatable; default "
-                   f"${EXCLUDE_ENV}); nothing of the graph may be built FROM it",
+                   "$KILN_CI_GRAPH_EXCLUDE); nothing of the graph may be built FROM it",
         "job_image": "image the generated jobs run in (default "
                      f"{child_pipeline.DEFAULT_JOB_IMAGE}, expanded by GitLab)",
         "dry_run": "print the child pipeline (every image planned as a build: no registry "
@@ -138,7 +134,7 @@ def ci_graph(c: Any, settings: Settings, output: str = DEFAULT_OUTPUT, copy: boo
     if not names:
         raise InputError(f"no build files (*.in) in {settings.builds_dir}",
                          hint="ci-graph generates jobs for builds/<image>.in files")
-    excluded = excluded_images(exclude, os.environ)
+    excluded = excluded_images(exclude, settings.ci_graph_exclude)
     for name in excluded:  # before any registry request
         if name not in names:
             raise InputError(f"--exclude {name}: no such image (no {settings.builds_dir}/"
