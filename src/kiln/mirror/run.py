@@ -49,6 +49,7 @@ from kiln.errors import (
     RegistryError,
     RegistryTransientError,
 )
+from kiln.inventory import short_tag
 from kiln.mirror.config import MirrorConfig, MirrorImage, MirrorSet, config_path, load_config
 from kiln.mirror.plan import (
     Action,
@@ -630,19 +631,11 @@ class ArtifactResult:
 
     def __str__(self) -> str:
         digest = f" {self.digest[:19]}" if self.digest else ""
-        return f"{_short_artifact(self.name)}{digest} of {self.subject[:19]}: {self.status}"
+        return f"{short_tag(self.name)}{digest} of {self.subject[:19]}: {self.status}"
 
     def as_dict(self) -> dict[str, str]:
         return {"subject": self.subject, "name": self.name, "digest": self.digest,
                 "status": self.status}
-
-
-def _short_artifact(name: str) -> str:
-    """``sha256-<64 hex>.sig`` shortened to ``sha256-<12 hex>...sig`` for the summary."""
-    if referrers.is_artifact_tag(name):
-        base, _, suffix = name.partition(".")
-        return f"{base[:19]}...{suffix}" if suffix else f"{base[:19]}..."
-    return name
 
 
 @dataclass
