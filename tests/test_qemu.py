@@ -180,7 +180,7 @@ def test_backend_for_arm64_offline_and_its_self_test_under_qemu(
            "STORAGE_DRIVER": "overlay"}
     try:
         built = run_kiln(REPO_ROOT, "build-arch", "--image", "backend", "--arch", "arm64",
-                         env=env, timeout=1200)
+                         env=env, timeout=2400)
         assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
         assert "backend:p-local-arm64" in built.stderr + built.stdout
         ran = run_kiln(REPO_ROOT, "run", "--image", "backend", "--arch", "arm64", "--",

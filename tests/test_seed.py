@@ -175,6 +175,33 @@ def test_debian_without_root_or_debootstrap_is_a_clear_tool_error(
     assert not list((tmp_path / "state" / "seed").glob("debian-*")), "nothing half-made is cached"
 
 
+def test_seeding_keeps_architectures_another_seeder_added(
+        no_subprocess: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """While this seeder made its images, another one put amd64 into the list: the list is
+    read again before it is written, amd64 stays and only arm64 is copied."""
+    settings = Settings.resolve(tmp_path, {}, {}, {"state_dir": str(tmp_path / "state")})
+    theirs = ("sha256:" + "a" * 64, 428, "amd64")
+    reads = iter([{}, {"amd64": theirs}])
+    monkeypatch.setattr(seed, "_registry_children", lambda ctx, repository, tag: next(reads))
+    monkeypatch.setattr(seed, "_layout", lambda ctx, image, arch: tmp_path / arch)
+    copied: list[str] = []
+
+    def copy(ctx: object, layout: Path, ref: str) -> tuple[str, int]:
+        copied.append(ref)
+        return "sha256:" + "b" * 64, 430
+
+    lists: list[bytes] = []
+    monkeypatch.setattr(seed, "_copy_to_registry", copy)
+    monkeypatch.setattr(seed, "_put_list", lambda ctx, repository, tag, body: lists.append(body))
+    ref = "127.0.0.1:1/mirror/library/debian:bookworm"
+    assert seed.seed_upstream(settings, "127.0.0.1:1", names=["library/debian:bookworm"],
+                              arches=["arm64", "amd64"]) == [f"{ref}-arm64", ref]
+    assert copied == [f"{ref}-arm64"]
+    (body,) = lists
+    assert [(m["digest"], m["platform"]["architecture"]) for m in json.loads(body)["manifests"]] \
+        == [(theirs[0], "amd64"), ("sha256:" + "b" * 64, "arm64")]
+
+
 def test_foreign_debian_without_qemu_is_a_clear_tool_error(
         no_subprocess: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """s390x (or any foreign arch) with no qemu handler: the error says which architecture,
