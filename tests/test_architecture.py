@@ -200,3 +200,101 @@ def test_settings_page_lists_every_setting() -> None:
     page = (REPO_ROOT / "docs" / "settings.md").read_text(encoding="utf-8")
     absent = [option.key for option in OPTIONS if f"`{option.key}`" not in page]
     assert not absent, f"docs/settings.md does not list these settings: {absent}"
+
+
+# -- one process funnel, each setting declared once ---------------------------------------------
+
+SRC = REPO_ROOT / "src" / "kiln"
+
+
+def _kiln_sources() -> Iterator[tuple[str, str]]:
+    for path in sorted(SRC.rglob("*.py")):
+        yield path.relative_to(SRC.parent).as_posix(), path.read_text(encoding="utf-8")
+
+
+def test_only_kiln_proc_starts_processes() -> None:
+    """Every process start goes through kiln.proc (its masking, which and error conventions);
+    nox sessions use ``session.run``. Found local_registry's own Popen and nox_sessions'
+    ``subprocess.run`` of ``invoke --list``."""
+    starts = re.compile(r"^\s*(?:import subprocess|from subprocess import)|\bos\.(?:system|popen|"
+                        r"posix_spawnp?|exec[lv]p?e?|spawn[lv]p?e?)\(|\bpty\.spawn\(", re.M)
+    found = [f"{name}: {match.group(0).strip()}" for name, text in _kiln_sources()
+             if name != "kiln/proc.py" for match in starts.finditer(text)]
+    assert not found, "start processes through kiln.proc:\n" + "\n".join(found)
+
+
+# kiln's own variables that are not settings, and why.
+NOT_SETTINGS = {
+    "KILN_PIPELINE_ID": "the pipeline's identity (kiln.ci_context), set by a generated child pipeline",
+    "KILN_DEBUG": "tracebacks of an unexpected error, read on the crash path (settings may be why)",
+    "KILN_GIT_USERNAME": "the git askpass helper's own environment (kiln.gitops)",
+    "KILN_GIT_PASSWORD": "the git askpass helper's own environment (kiln.gitops)",
+    "KILN_CI_IMAGE": "a GitLab variable the generated child pipeline's jobs expand",
+}
+# Where the environment may be read for kiln's variables: the settings, the CI context, the
+# console's secret registration, and the crash path of the tasks (KILN_DEBUG).
+ENV_READERS = {"kiln/settings.py", "kiln/ci_context.py", "kiln/console.py", "kiln/tasks/common.py"}
+
+
+def test_kiln_variables_are_declared_settings() -> None:
+    """A ``KILN_<NAME>`` in kiln's code is a setting of ``settings.OPTIONS`` (so it has a
+    ``[tool.kiln]`` key, a line in docs/settings.md and one coercion) or one of NOT_SETTINGS.
+    Found KILN_CI_GRAPH_EXCLUDE (read by tasks/graph.py) and KILN_REQUIRE_HADOLINT."""
+    from kiln.settings import OPTIONS
+
+    declared = {name for option in OPTIONS for name in option.env_names}
+    variable = re.compile(r"[\"'$]\{?(KILN_[A-Z0-9_]+)")
+    undeclared = sorted(
+        f"{name}: {match[1]}" for name, text in _kiln_sources()
+        if name != "kiln/preprocess.py"  # its KILN_* are token names of the preprocessor
+        for match in variable.finditer(text)
+        if match[1] not in declared and match[1] not in NOT_SETTINGS)
+    assert not undeclared, "declare these in kiln.settings.OPTIONS:\n" + "\n".join(undeclared)
+
+
+def test_kiln_variables_are_read_through_the_settings() -> None:
+    direct = re.compile(r"(?:environ\.get\(|getenv\(|environ\[)\s*[\"'](KILN_[A-Z0-9_]+)")
+    found = [f"{name}: {match[1]}" for name, text in _kiln_sources() if name not in ENV_READERS
+             for match in direct.finditer(text)]
+    found += [f"{name}: {match[1]}" for name, text in _kiln_sources() if name in ENV_READERS
+              and name != "kiln/settings.py" for match in direct.finditer(text)
+              if match[1] not in NOT_SETTINGS]
+    assert not found, "read these through kiln.settings (load_settings):\n" + "\n".join(found)
+
+
+# -- the module map ----------------------------------------------------------------------------
+
+def _kiln_modules() -> list[str]:
+    """Every module of src/kiln (a package by its name, its __init__ not separately)."""
+    names = []
+    for path in sorted(SRC.rglob("*.py")):
+        parts = path.relative_to(SRC.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        names.append(".".join(parts))
+    return [n for n in names if n != "kiln"]
+
+
+def test_architecture_page_maps_every_module() -> None:
+    """docs/architecture.md has a line for each module of src/kiln, and names no module that
+    does not exist."""
+    page = (REPO_ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    modules = _kiln_modules()
+    missing = [m for m in modules if f"`{m}`" not in page]
+    assert not missing, f"docs/architecture.md's module map lacks: {missing}"
+    named = set(re.findall(r"`(kiln(?:\.[a-z_]+)+)`", page))
+    assert not named - set(modules), f"docs/architecture.md names no such module: {named - set(modules)}"
+
+
+def test_every_module_has_a_layer() -> None:
+    """The layers contract is exhaustive for top-level modules; kiln.registry and kiln.mirror are
+    split by submodule, so each of their submodules must be in a layer by name."""
+    layers = next(c for c in _contracts() if c["id"] == "layers")["layers"]
+    assert isinstance(layers, list)
+    placed = {word.strip("()") for layer in layers for word in str(layer).replace(":", " ").split()}
+    split = [m for m in _kiln_modules() if m.count(".") == 2
+             and m.split(".")[1] in {"registry", "mirror"}]
+    unplaced = [m for m in split if m.removeprefix("kiln.") not in placed]
+    assert not unplaced, f"give these a layer in pyproject's [tool.importlinter]: {unplaced}"
+    ghosts = sorted(p for p in placed if f"kiln.{p}" not in _kiln_modules())
+    assert not ghosts, f"pyproject's layers name modules that do not exist: {ghosts}"
