@@ -82,10 +82,14 @@ def test_blocks_used_with_macros_are_the_same_under_gnu_cpp_and_kiln(source: str
 def test_setup_from_base_defaults() -> None:
     text = kiln_text('#include "setup-from-base"\n')
     assert meaning(text) == [
-        "ARG REGISTRY", "ARG BASE_IMAGE=python", "ARG BASE_IMAGE_TAG=latest",
-        "FROM ${REGISTRY}/${BASE_IMAGE}:${BASE_IMAGE_TAG}",
-        "ARG REGISTRY", "ARG BASE_IMAGE", "ARG BASE_IMAGE_TAG",
+        "ARG REGISTRY", "ARG BASE_REGISTRY=${REGISTRY}", "ARG BASE_IMAGE=python",
+        "ARG BASE_IMAGE_TAG=latest",
+        "FROM ${BASE_REGISTRY}/${BASE_IMAGE}:${BASE_IMAGE_TAG}",
+        "ARG REGISTRY", "ARG BASE_REGISTRY", "ARG BASE_IMAGE", "ARG BASE_IMAGE_TAG",
     ]
+    # Another project's registry (a service repository building FROM the image repository's base).
+    froms = parse_from_lines(text, {"REGISTRY": "r", "BASE_REGISTRY": "reg.example/images"})
+    assert [f.image for f in froms] == ["reg.example/images/python:latest"]
     froms = parse_from_lines(text, {"REGISTRY": "reg.example/group", "BASE_IMAGE_TAG": "p-7"})
     assert [f.image for f in froms] == ["reg.example/group/python:p-7"]
     # A build argument still overrides the default the build file chose.
