@@ -94,12 +94,7 @@ class Buildah:
             args += ["--timestamp", str(timestamp)]
         if platform:
             args += ["--platform", platform]
-        if not tls_verify:
-            args.append("--tls-verify=false")
-        if authfile is not None:
-            args += ["--authfile", str(authfile)]
-        if cert_dir is not None:
-            args += ["--cert-dir", str(cert_dir)]
+        args += registry_flags(tls_verify, authfile, cert_dir)
         for volume in volumes:
             args += ["-v", volume]
         for spec in secrets:  # id=npm,env=NPM_TOKEN: mounted for RUN --mount=type=secret only
@@ -125,12 +120,7 @@ class Buildah:
         """``buildah push`` of local image ``ref`` to ``docker://<destination or ref>``, keeping
         the manifest format (``v2s2`` for docker-format images: no conversion, stable digests)."""
         args = ["push", "--format", manifest_format]
-        if not tls_verify:
-            args.append("--tls-verify=false")
-        if authfile is not None:
-            args += ["--authfile", str(authfile)]
-        if cert_dir is not None:
-            args += ["--cert-dir", str(cert_dir)]
+        args += registry_flags(tls_verify, authfile, cert_dir)
         if digestfile is not None:
             args += ["--digestfile", str(digestfile)]
         args += [ref, f"docker://{destination or ref}"]
@@ -143,12 +133,7 @@ class Buildah:
         args = ["from", "--quiet"]
         if not pull:
             args.append("--pull-never")
-        if not tls_verify:
-            args.append("--tls-verify=false")
-        if authfile is not None:
-            args += ["--authfile", str(authfile)]
-        if cert_dir is not None:
-            args += ["--cert-dir", str(cert_dir)]
+        args += registry_flags(tls_verify, authfile, cert_dir)
         return self.command(*args, ref)
 
     def run_command(self, container: str, command: Sequence[str], *,
@@ -195,6 +180,17 @@ class Buildah:
         if not isinstance(config, dict):
             raise BuildError(f"buildah inspect {ref}: no OCIv1 config")
         return config
+
+
+def registry_flags(tls_verify: bool, authfile: Path | None, cert_dir: Path | None) -> list[str]:
+    """How buildah reaches a registry (build's pulls, push, from): the TLS decision and the
+    temporary auth file and cert dir of :mod:`kiln.registry.access`, in one place."""
+    flags = [] if tls_verify else ["--tls-verify=false"]
+    if authfile is not None:
+        flags += ["--authfile", str(authfile)]
+    if cert_dir is not None:
+        flags += ["--cert-dir", str(cert_dir)]
+    return flags
 
 
 def failing_step(output: str) -> str | None:

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.containerfile import parse_from_lines
+
 SERVICE_BLOCK = "python-requirements"
 BASE_BLOCK = "setup-from-base"
 CLEANUP_BLOCK = "cleanup"
@@ -26,7 +28,6 @@ CLEANUP_BLOCK = "cleanup"
 OUR_PREFIXES = ("${REGISTRY}/", "$REGISTRY/", "${BASE_REGISTRY}/", "$BASE_REGISTRY/")
 
 _INCLUDE = re.compile(r'^\s*#\s*include\s+["<]([^">]+)[">]')
-_FROM = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -44,20 +45,14 @@ class Finding:
 def check_build_file(text: str, source: str) -> list[Finding]:
     """The guideline findings of one build file's text (``source`` names it in messages)."""
     includes: list[tuple[int, str]] = []
-    froms: list[tuple[int, str]] = []
-    stages: set[str] = set()
     for number, line in enumerate(text.splitlines(), start=1):
         included = _INCLUDE.match(line)
         if included:
             includes.append((number, Path(included.group(1)).name))
-            continue
-        found = _FROM.match(line)
-        if found:
-            image, alias = found.group(1), found.group(2)
-            if image.lower() not in stages:
-                froms.append((number, image))
-            if alias:
-                stages.add(alias.lower())
+    # FROM lines as the one Containerfile reader sees them (the #include lines are comments
+    # to it); an earlier stage is not an image, variables stay as written
+    froms = [(found.line, found.written) for found in parse_from_lines(text, {}, keep_unset=True)
+             if found.stage is None]
     names = [name for _, name in includes]
     findings: list[Finding] = []
     if SERVICE_BLOCK in names and BASE_BLOCK not in names:

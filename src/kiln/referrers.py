@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiln.errors import InputError, RegistryError
+from kiln.registry.media import OCI_INDEX as OCI_INDEX  # the one home of media types
+from kiln.registry.media import parse_json
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 COSIGN_SUFFIXES = (".sig", ".att", ".sbom")
 _SHA256 = re.compile(r"^sha256:([0-9a-f]{64})$")
 _ARTIFACT_TAG = re.compile(r"^sha256-([0-9a-f]{64})(\.sig|\.att|\.sbom)?$")
@@ -82,19 +83,9 @@ class Referrer:
         return data
 
 
-def _object(body: bytes, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RegistryError(f"{what} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise RegistryError(f"{what} is not a JSON object")
-    return data
-
-
 def parse_referrers_index(body: bytes, what: str) -> list[Referrer]:
     """The entries of a referrers index (the API's answer or a fallback tag's manifest)."""
-    data = _object(body, what)
+    data = parse_json(body, what)
     manifests = data.get("manifests")
     if manifests is None:
         manifests = []
@@ -114,7 +105,7 @@ def parse_referrers_index(body: bytes, what: str) -> list[Referrer]:
 
 def subject_of(body: bytes, what: str = "manifest") -> str | None:
     """The digest in a manifest's ``subject`` descriptor, ``None`` when it has none."""
-    subject = _object(body, what).get("subject")
+    subject = parse_json(body, what).get("subject")
     if subject is None:
         return None
     if not isinstance(subject, dict) or not isinstance(subject.get("digest"), str):
@@ -124,7 +115,7 @@ def subject_of(body: bytes, what: str = "manifest") -> str | None:
 
 def artifact_type_of(body: bytes, what: str = "manifest") -> str:
     """An artifact manifest's type: ``artifactType``, else its config's media type."""
-    data = _object(body, what)
+    data = parse_json(body, what)
     kind = data.get("artifactType")
     if isinstance(kind, str) and kind:
         return kind

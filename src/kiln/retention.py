@@ -35,18 +35,15 @@ from typing import Any, Literal
 
 from kiln.errors import ConfigError, InputError
 from kiln.referrers import artifact_tag_subject
+from kiln.tag_policy import FIXED_TAGS, is_key_tag, is_pipeline_managed, mr_tag, pipeline_number
 
 DEFAULT_MATCH = ("p-*", "g-*")
 DEFAULT_KEEP = "10"
 DEFAULT_OLDER_THAN = "30d"
-NEVER = ("production", "latest")
+NEVER = FIXED_TAGS
 
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_PIPELINE = re.compile(r"^[pg]-(\d+)(?:-[a-z0-9]+)?$")
-_MANAGED = re.compile(r"^(?:[pg]-[A-Za-z0-9_.]+(?:-[a-z0-9]+)?|mr-\d+)$")
-_MR = re.compile(r"^mr-(\d+)$")
-_INPUT_KEY = re.compile(r"^k-[0-9a-f]{32}$")
 _IID = re.compile(r"^!?(\d{1,18})$")
 POLICY_KEYS = ("match", "keep", "older-than", "keep-tags")
 
@@ -312,20 +309,20 @@ def _age_text(delta: timedelta) -> str:
 
 def is_managed(tag: str) -> bool:
     """A tag kiln writes and prune may remove: ``p-<id>[-<arch>]``, ``g-<id>``, ``mr-<iid>``."""
-    return bool(_MANAGED.match(tag))
+    return is_pipeline_managed(tag)
 
 
 def _rank(tag: str, created: datetime | None) -> tuple[int, float, str]:
-    match = _PIPELINE.match(tag)
-    if match:
-        return (1, float(match[1]), "")
+    number = pipeline_number(tag)
+    if number is not None:
+        return (1, float(number), "")
     return (0, created.timestamp() if created else float("-inf"), tag)
 
 
 def _entry(tag: str) -> str:
     """The series entry a tag belongs to: its pipeline for ``p-<n>``/``g-<n>``, else itself."""
-    match = _PIPELINE.match(tag)
-    return f"pipeline {match[1]}" if match else tag
+    number = pipeline_number(tag)
+    return f"pipeline {number}" if number is not None else tag
 
 
 def plan_prune(state: RepositoryState, policy: Policy, now: datetime,
@@ -336,12 +333,12 @@ def plan_prune(state: RepositoryState, policy: Policy, now: datetime,
     keep: dict[str, bool] = {}
     candidates: list[str] = []
     artifacts: list[str] = []
-    open_mr_tags = {f"mr-{iid}" for iid in policy.open_mrs}
+    open_mr_tags = {mr_tag(iid) for iid in policy.open_mrs}
     for tag, digest in sorted(state.tags.items()):
         facts = state.images.get(digest)
         if facts is not None and facts.throwaway:
             keep[tag], why[tag] = False, "leftover of an interrupted removal"
-        elif artifact_tag_subject(tag) or _INPUT_KEY.match(tag):
+        elif artifact_tag_subject(tag) or is_key_tag(tag):
             artifacts.append(tag)
         elif tag in NEVER:
             keep[tag], why[tag] = True, f"{tag} is never pruned"
@@ -436,8 +433,8 @@ def _is_throwaway(state: RepositoryState, tag: str) -> bool:
 
 
 def _sort_key(tag: str) -> tuple[int, float, str]:
-    match = _PIPELINE.match(tag)
-    return (0, -float(match[1]), tag) if match else (1, 0.0, tag)
+    number = pipeline_number(tag)
+    return (0, -float(number), tag) if number is not None else (1, 0.0, tag)
 
 
 def _delete_order(state: RepositoryState, digests: Iterable[str]) -> tuple[str, ...]:

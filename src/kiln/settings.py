@@ -29,7 +29,7 @@ from kiln.credentials import parse_build_secret
 from kiln.errors import ConfigError, InputError
 from kiln.redact import Secret as Secret  # re-exported: older imports of kiln.settings.Secret
 from kiln.registry.reference import DOCKER_HUB, split_repository
-from kiln.retention import check_pattern, parse_age, parse_iid, parse_keep
+from kiln.retention import DEFAULT_MATCH, check_pattern, parse_age, parse_iid, parse_keep
 
 Kind = Literal["str", "bool", "path", "arch", "arches", "list", "mapping", "secret", "registry",
                "choice", "seconds"]
@@ -296,7 +296,7 @@ OPTIONS: tuple[Option, ...] = (
     # prune flags override it), and whether promote's cross-registry copies take the image's
     # signatures and attestations along (docs/tags.md).
     Option("prune_match", "list", "tag patterns prune may remove (kiln's own tags only: p-, "
-           "g-, mr-)", default=("p-*", "g-*"), check=check_pattern),
+           "g-, mr-)", default=DEFAULT_MATCH, check=check_pattern),
     Option("prune_keep", "str", "prune keeps the newest N entries of each pattern",
            default="10", check=parse_keep),
     Option("prune_older_than", "str", "prune keeps anything younger than this age (30d, 12h, "

@@ -32,8 +32,13 @@ from kiln.registry.reference import TAG_RE
 
 PRODUCTION = "production"
 LATEST = "latest"
-_RESERVED = re.compile(r"^(?:production|latest|[pg]-[A-Za-z0-9]+(?:-[a-z0-9]+)?|mr-\d+|"
-                       r"k-[0-9a-f]{32})$")
+FIXED_TAGS = (PRODUCTION, LATEST)  # tags that never name a pipeline; prune never removes them
+KEY_TAG_HEX = 32
+# The shapes of kiln's own tags, for the code that must recognise them (prune's policy, the
+# git-tag check): p-/g-<pipeline id>[-<arch>], mr-<iid>, and the input-key tag k-<hex>.
+_PIPELINE_MANAGED = re.compile(r"^(?:[pg]-[A-Za-z0-9_.]+(?:-[a-z0-9]+)?|mr-\d+)$")
+_KEY_TAG = re.compile(rf"^k-[0-9a-f]{{{KEY_TAG_HEX}}}$")
+_NUMBERED_PIPELINE = re.compile(r"^[pg]-(\d+)(?:-[a-z0-9]+)?$")
 _PIPELINE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}$")
 _IID = re.compile(r"^[0-9]{1,18}$")
 
@@ -89,7 +94,7 @@ def git_tag_as_image_tag(tag: str) -> str:
             hint="image tags are 1-128 characters of letters, digits, '_', '.' and '-', not "
                  "starting with '.' or '-' (no '/', '+' or spaces); rename the git tag",
         )
-    if _RESERVED.match(tag):
+    if is_reserved(tag):
         raise InputError(
             f"git tag {tag!r} collides with a tag kiln manages (production, latest, p-<id>, "
             "g-<id>, mr-<iid>, k-<hex>)",
@@ -111,7 +116,27 @@ def tags_for(ci: CIContext) -> tuple[str, ...]:
     return tuple(tags)
 
 
-KEY_TAG_HEX = 32
+def is_pipeline_managed(tag: str) -> bool:
+    """A tag kiln writes for a pipeline or merge request: ``p-<id>[-<arch>]``, ``g-<id>``,
+    ``mr-<iid>`` (prune may remove these)."""
+    return bool(_PIPELINE_MANAGED.match(tag))
+
+
+def pipeline_number(tag: str) -> str | None:
+    """The GitLab pipeline number of ``p-<n>[-<arch>]`` / ``g-<n>`` (as written), else ``None``
+    (prune orders pipelines by it)."""
+    match = _NUMBERED_PIPELINE.match(tag)
+    return match[1] if match else None
+
+
+def is_key_tag(tag: str) -> bool:
+    """``k-<32 hex>``: a build's input-key tag (:func:`key_tag`)."""
+    return bool(_KEY_TAG.match(tag))
+
+
+def is_reserved(tag: str) -> bool:
+    """A tag only kiln may write: ``production``, ``latest``, the pipeline tags, ``k-<hex>``."""
+    return tag in FIXED_TAGS or is_pipeline_managed(tag) or is_key_tag(tag)
 
 
 def key_tag(key: str) -> str:

@@ -72,7 +72,7 @@ from kiln.build.plan import (
     utc_now,
 )
 from kiln.buildah import Buildah, failing_step
-from kiln.containerfile import instructions, locate_step, parse_from_lines
+from kiln.containerfile import locate_step, parse_from_lines
 from kiln.errors import (
     BuildError,
     ConfigError,
@@ -104,14 +104,7 @@ LOCAL_PLACEHOLDER = "127.0.0.1:<port>"
 def ca_bundle_text(text: str) -> str:
     """``text`` with ``ARG <CA_VARIABLES>`` after each FROM: the build args kiln passes with a
     CA bundle reach the RUN steps of every stage (an undeclared build arg does not)."""
-    lines = text.splitlines(keepends=True)
-    declare = "ARG " + " ".join(CA_VARIABLES) + "\n"
-    for end in sorted({i.end_line for i in instructions(text) if i.keyword == "FROM"},
-                      reverse=True):
-        if end <= len(lines) and not lines[end - 1].endswith("\n"):
-            lines[end - 1] += "\n"
-        lines.insert(end, declare)
-    return "".join(lines)
+    return declare_after_from(text, CA_VARIABLES)
 
 
 def resolve_target(settings: Settings, local_address: str | None) -> Target:
