@@ -268,3 +268,15 @@ def test_options_table_lists_every_setting() -> None:
     table = options_table()
     for option in OPTIONS:
         assert f"| `{option.key}` | `KILN_{option.name.upper()}`" in table
+
+
+@pytest.mark.parametrize("value", ["1", "true", "yes", "on"])
+def test_require_hadolint_and_ci_graph_exclude_are_settings(value: str) -> None:
+    """Read directly from os.environ before (nox_sessions, tasks/graph.py); now declared, so a
+    [tool.kiln] key works too and a bad value names its source."""
+    assert resolve({}, {"KILN_REQUIRE_HADOLINT": value}).require_hadolint is True
+    assert resolve({"require-hadolint": True}, {}).require_hadolint is True
+    assert resolve({}, {}).require_hadolint is False
+    with pytest.raises(ConfigError, match="environment variable KILN_REQUIRE_HADOLINT"):
+        resolve({}, {"KILN_REQUIRE_HADOLINT": "maybe"})
+    assert resolve({}, {"KILN_CI_GRAPH_EXCLUDE": "a, b c"}).ci_graph_exclude == ("a", "b", "c")
