@@ -35,6 +35,9 @@ FLAG_OPTIONS: Mapping[str, Option] = {option.flag_name: option for option in OPT
 ALWAYS = ("dry_run", "json")
 # Task name -> its flags' help, as given to invoke (which consumes its copy when it parses).
 FLAG_HELP: dict[str, Mapping[str, str]] = {}
+# Task name -> the flags that are the task's own parameters (not settings), even when one
+# shares a setting's name (graph's --image selects what to show; it is not IMAGE_NAME).
+OWN_FLAGS: dict[str, frozenset[str]] = {}
 
 TaskBody = Callable[..., None]
 
@@ -127,6 +130,7 @@ def kiln_task(*, flags: Sequence[str] = (), help: Mapping[str, str] | None = Non
         run.__module__ = body.__module__
         run.__signature__ = inspect.Signature(signature)  # type: ignore[attr-defined]
         FLAG_HELP[name] = dict(helps)
+        OWN_FLAGS[name] = frozenset(own)
         made: Task[Any] = task(help=helps, **task_options)(run)
         return made
 
