@@ -315,8 +315,7 @@ def test_mirror_through_faults(tmp_path: Path, registry: RegistryServer,
             requests = sum(proxy.attempts.values())
             writes = [k for k in proxy.attempts if k[0] in {"PUT", "POST", "PATCH", "DELETE"}]
             assert writes, "the copies went through the proxy"
-        if rate >= 0.3:
-            assert proxy.faults
+        assert proxy.faults, f"rate {rate}: no fault injected, the run tested nothing"
         return (f"[fault rate {rate}, seed {seed}] mirror: {len(proxy.faults)} faults in "
                 f"{requests} requests; {'; '.join(log)}")
 
@@ -324,6 +323,12 @@ def test_mirror_through_faults(tmp_path: Path, registry: RegistryServer,
         each_rate(mirror, capsys, MIRROR_RATES)
     finally:
         dest.stop()
+
+
+def only_pipeline_and_key_tags(tags: dict[str, str], digest: str) -> bool:
+    """``p-9`` and the input-key tag ``k-<hex>`` (docs/tags.md), both on ``digest``."""
+    keys = [t for t in tags if re.fullmatch(r"k-[0-9a-f]{32}", t)]
+    return len(keys) == 1 and tags == {"p-9": digest, keys[0]: digest}
 
 
 def test_build_push_through_faults(tmp_path: Path, registry: RegistryServer,
@@ -335,7 +340,8 @@ def test_build_push_through_faults(tmp_path: Path, registry: RegistryServer,
     storage = tmp_path / "storage"
 
     def build(rate: float) -> str:
-        seed = 2000 + int(rate * 100)
+        # 2010 draws no fault among the build's ~17 requests at 0.1; 2011 draws some
+        seed = 2001 + int(rate * 100)
         image = f"tiny{int(rate * 100)}"
         project = tmp_path / image
         (project / "builds").mkdir(parents=True)
@@ -352,14 +358,13 @@ def test_build_push_through_faults(tmp_path: Path, registry: RegistryServer,
                    "SOURCE_DATE_EPOCH": "1700000000"}
             first = until_success(project, host, ["build", "--json"], env, {4}, log)
             digest = json.loads(first)["results"][0]["digest"]
-            assert consistent(host)[image] == {"p-9": digest}
+            assert only_pipeline_and_key_tags(consistent(host)[image], digest)
             # rebuilt from the layer cache with the same labels: the same image, pushed again
             again = until_success(project, host, ["build", "--json"], env, {4}, log)
             assert json.loads(again)["results"][0]["digest"] == digest
-            assert consistent(host)[image] == {"p-9": digest}
+            assert only_pipeline_and_key_tags(consistent(host)[image], digest)
             requests = sum(proxy.attempts.values())
-        if rate >= 0.3:
-            assert proxy.faults
+        assert proxy.faults, f"rate {rate}: no fault injected, the run tested nothing"
         return (f"[fault rate {rate}, seed {seed}] build push: {len(proxy.faults)} faults in "
                 f"{requests} requests; {'; '.join(log)}")
 
