@@ -234,3 +234,18 @@ def test_no_test_or_kiln_module_imports_a_module_newer_pythons_removed() -> None
             offenders += [f"{path.relative_to(REPO_ROOT)}:{line}: {name}" for line, name in names
                           if name.split(".")[0] in REMOVED_MODULES]
     assert offenders == [], f"removed from Python 3.13 (this is {sys.version.split()[0]})"
+
+
+# -- native builds are the host's architecture, whatever the host ------------------------------
+
+def test_native_real_build_tests_assert_the_host_arch_not_a_hard_coded_one() -> None:
+    """The native build test checks the architecture kiln built for against the host's (amd64
+    on x86_64, arm64 on aarch64): a literal amd64/x86_64 fails on an arm64 runner."""
+    tree = ast.parse((TESTS / "test_build_real.py").read_text(encoding="utf-8"))
+    native = next(node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)
+                  and node.name == "test_build_pushes_v2s2_with_labels_and_builds_the_missing_base")
+    literals = {node.value for node in ast.walk(native) if isinstance(node, ast.Constant)
+                and isinstance(node.value, str)}
+    assert not literals & {"amd64", "x86_64", "x86_64\n", "arm64", "aarch64", "aarch64\n"}
+    source = ast.unparse(native)
+    assert "host_arch()" in source and "os.uname().machine" in source
