@@ -339,14 +339,18 @@ def _throwaway(reg: Registry, info: ManifestInfo, tag: str) -> Manifest | None:
     return leftover if media.is_throwaway(leftover.body) else None
 
 
-def _point_away_and_delete(reg: Registry, tag: str) -> None:
-    """Point ``tag`` at a fresh throwaway manifest, then delete that digest (so only ``tag``
-    goes, see the module docstring)."""
+def point_away_and_delete(reg: Registry, tags: Sequence[str]) -> None:
+    """Remove each of ``tags`` alone: point it at a fresh throwaway manifest of its own, then
+    delete that digest (so only the tag goes, see the module docstring). The empty config blob
+    is uploaded once. The one home of this technique: stop-mr and prune both use it."""
+    if not tags:
+        return
     reg.put_blob(media.EMPTY_JSON)
-    marker = f"{tag}:{secrets.token_hex(16)}"
-    throwaway = Manifest.from_bytes(media.throwaway_manifest(marker), media.OCI_MANIFEST)
-    reg.put(tag, throwaway)
-    reg.delete(throwaway.digest)
+    for tag in tags:
+        marker = f"{tag}:{secrets.token_hex(16)}"
+        throwaway = Manifest.from_bytes(media.throwaway_manifest(marker), media.OCI_MANIFEST)
+        reg.put(tag, throwaway)
+        reg.delete(throwaway.digest)
 
 
 def _repair_dangling(reg: Registry, tag: str) -> None:
@@ -365,7 +369,7 @@ def _repair_dangling(reg: Registry, tag: str) -> None:
         console.warn(f"{reg.name}: {tag} is still listed but points at nothing (the registry "
                      "deleted its manifest, not the tag: a delete racing with another one); "
                      f"repairing it ({attempt}/{REPAIR_ROUNDS})")
-        _point_away_and_delete(reg, tag)
+        point_away_and_delete(reg, [tag])
         if tag not in reg.tags():
             return
     raise RegistryTransientError(
@@ -400,7 +404,7 @@ def remove_tag(reg: Registry, tag: str) -> Result:
             _repair_dangling(reg, tag)
         return Result(reg.name, tag, current.digest, "removed")
     before = set(reg.tags())
-    _point_away_and_delete(reg, tag)
+    point_away_and_delete(reg, [tag])
     if reg.dry_run:
         return Result(reg.name, tag, current.digest, "planned")
     after = set(reg.tags())
@@ -578,7 +582,6 @@ def registry_pair(settings: Settings, source: Destination, dest: Destination, *,
         src_client.close()
         if dst_client is not src_client:
             dst_client.close()
-
 
 
 def promote(

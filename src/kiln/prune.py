@@ -23,7 +23,6 @@ run plans it again).
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,10 +30,15 @@ from datetime import UTC, datetime
 from kiln import console
 from kiln.errors import RegistryError
 from kiln.inventory import Reader, read_repository
-from kiln.promote import ClientFactory, Destination, Op, Registry, destinations_for
-from kiln.registry import media
+from kiln.promote import (
+    ClientFactory,
+    Destination,
+    Op,
+    Registry,
+    destinations_for,
+    point_away_and_delete,
+)
 from kiln.registry.client import RegistryClient
-from kiln.registry.media import Manifest
 from kiln.retention import Policy, PrunePlan, RepositoryState, plan_prune, removal_steps
 from kiln.settings import Settings
 
@@ -49,19 +53,6 @@ class Outcome:
     removed_tags: list[str]
     deleted_digests: list[str]
     requests: int = 0
-
-
-def throwaway_removal(reg: Registry, tags: Sequence[str]) -> None:
-    """Remove ``tags`` one by one, each through its own throwaway manifest (the empty blob is
-    uploaded once): PUT the throwaway under the tag, DELETE the throwaway's digest."""
-    if not tags:
-        return
-    reg.put_blob(media.EMPTY_JSON)
-    for tag in tags:
-        marker = f"{tag}:{secrets.token_hex(16)}"
-        throwaway = Manifest.from_bytes(media.throwaway_manifest(marker), media.OCI_MANIFEST)
-        reg.put(tag, throwaway)
-        reg.delete(throwaway.digest)
 
 
 def _protect_new_tags(reg: Registry, state: RepositoryState, doomed: Sequence[str]
@@ -102,7 +93,7 @@ def prune_repository(reg: Registry, policy: Policy, *, now: datetime | None = No
             hint="enable deletes on the registry (docker-registry: storage.delete.enabled: "
                  "true), or remove the tags in the registry's own UI/API")
     throwaway, _ = removal_steps(plan, state)
-    throwaway_removal(reg, throwaway)
+    point_away_and_delete(reg, throwaway)
     doomed = _protect_new_tags(reg, state, plan.delete)
     for digest in doomed:
         reg.delete(digest)
@@ -114,7 +105,7 @@ def prune_repository(reg: Registry, policy: Policy, *, now: datetime | None = No
     if dangling:
         # listed, pointing at nothing: distribution's delete race (docs/host-facts.md);
         # re-pointing at a throwaway and deleting that clears it
-        throwaway_removal(reg, dangling)
+        point_away_and_delete(reg, dangling)
         after = set(reg.tags())
     vanished = [d for d in plan.kept if d.tag not in after and d.digest]
     lost = [d for d in vanished if reg.head(d.digest) is None]
@@ -149,4 +140,4 @@ def prune(settings: Settings, image: str, registry: str, policy: Policy, *,
     return outcomes
 
 
-__all__ = ["Destination", "Outcome", "prune", "prune_repository", "throwaway_removal"]
+__all__ = ["Destination", "Outcome", "prune", "prune_repository"]
