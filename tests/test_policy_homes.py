@@ -97,3 +97,14 @@ def test_guidelines_read_from_lines_with_the_containerfile_reader() -> None:
     findings = guidelines.check_build_file(text, "builds/app.in")
     assert [f.line for f in findings] == [2]
     assert "FROM debian:bookworm" in findings[0].message
+
+
+def test_one_tag_removal_technique() -> None:
+    """prune had its own copy of stop-mr's throwaway-manifest removal (point the tag at a fresh
+    throwaway, delete that digest); both now call promote.point_away_and_delete."""
+    found = [f"{n}:{i}: {line.strip()}" for n, i, line in _sources(besides="kiln/promote.py")
+             if "throwaway_manifest(" in line and not n.endswith("registry/media.py")]
+    assert not found, "remove a tag with kiln.promote.point_away_and_delete:\n" + "\n".join(found)
+    from kiln import promote, prune
+
+    assert prune.point_away_and_delete is promote.point_away_and_delete
