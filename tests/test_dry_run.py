@@ -81,6 +81,9 @@ CASES: dict[str, DryRun] = {
         r"^p-7 +sha256:[0-9a-f]{{12}} +\S+ +keep +matches no pattern")),
     "seed-upstream": DryRun(("--upstream", "library/busybox:latest"), (
         r"^seed {host}/mirror/library/busybox:latest \(amd64, arm64\) unless",)),
+    "run": DryRun(("--env", "GREETING=hi", "--", "--self-test"), (
+        r"buildah .*from .*{host}/app:p-7", r"buildah .*run .*--env GREETING=hi .*--self-test",
+        r"buildah .*rm ")),
     "tags": DryRun((), (r"^TAGS +DIGEST +ARCH +CREATED +SIZE$",
                         r"^mr-4 +sha256:[0-9a-f]{{12}} +amd64 ")),
 }
