@@ -4,8 +4,9 @@ Each distinct request (method + path) fails its first ``failures`` attempts with
 passes through: deterministic, so every request exercises the client's retry path and the test
 cannot flake. Faults: ``500``/``502``/``503``, ``429`` (with ``Retry-After``), ``drop`` (close
 without answering, request not forwarded), ``drop-after`` (forwarded — it took effect — then the
-answer is lost), ``truncate`` (forwarded; half the body, then close), ``403``, ``slow`` (answered
-correctly after a delay).
+answer is lost), ``truncate`` (forwarded; half the body, then close; an answer with no body
+reaches the client whole and is counted in ``harmless``), ``403``, ``slow`` (answered correctly
+after a delay).
 
 Faults that model a registry (or a proxy) that misbehaves rather than fails:
 
@@ -132,6 +133,9 @@ class FaultProxy:
     retry_after: str = "1"
     attempts: Counter[tuple[str, str]] = field(default_factory=Counter)
     faults: list[tuple[str, str, str]] = field(default_factory=list)
+    # faults that could not do anything: a ``truncate`` of an answer with no body to cut (a HEAD,
+    # a 201/202 to a PUT or DELETE) reaches the client whole, so nothing needs to be sent again
+    harmless: Counter[tuple[str, str]] = field(default_factory=Counter)
     server: ThreadingHTTPServer | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     storage: Path | None = None  # the registry's data folder (for ``delete-keeps-tag``)
@@ -230,6 +234,9 @@ class FaultProxy:
                         self.send_header(name, value)
                 if fault == "link-loop":
                     self.send_header("Link", f'<{self.path}>; rel="next"')
+                if fault == "truncate" and (self.command == "HEAD" or len(data) <= 1):
+                    with proxy.lock:
+                        proxy.harmless[key] += 1
                 if self.command == "HEAD":  # the size of what a GET would return
                     self.send_header("Content-Length", resp.getheader("Content-Length") or "0")
                     self.end_headers()
