@@ -29,6 +29,7 @@ failed. A dry run stops after planning: HEADs and tag lists only (and referrers 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shlex
 import threading
@@ -515,8 +516,10 @@ def _mirror_image(image: MirrorImage, plan: Plan, probe: Callable[[ImageRef, str
                     and media.is_index(plan.media_type or ""):
                 spent[0] += 1  # a copier that copies indexes whole: read it for its children
                 children_artifacts(registries.get_manifest(source_by_digest, plan.digest))
-            spent[0] += 1  # skopeo GETs the manifest once (an index goes through _copy_index)
-            written, note = copier.copy(source_by_digest, dst), ""
+            # skopeo GETs the manifest once per attempt (an index goes through _copy_index)
+            written = _copy_once_more_after_a_race(lambda: copier.copy(source_by_digest, dst),
+                                                   spent)
+            note = ""
     except _BeforeWrite as failure:
         assert found is not None
         return _artifact_failure(image, plan, found, failure.error, written=False,
@@ -545,6 +548,25 @@ def _mirror_image(image: MirrorImage, plan: Plan, probe: Callable[[ImageRef, str
 
 
 _RACE_PAUSE = 0.5  # seconds: how long another writer of the same manifest needs to finish
+
+
+def _copy_once_more_after_a_race(copy: Callable[[], str], spent: list[int]) -> str:
+    """Run one skopeo copy; a transient failure gets one more try after a pause. Another writer
+    of the same blobs at the destination (concurrent mirrors of the same image) can make
+    distribution answer 500 for a moment ("writing blob: failed to read from destination
+    repository"), which skopeo's own retries do not cover. A copy is idempotent; each attempt
+    costs one source manifest GET (a pull), counted in ``spent``. A rate limit is never retried."""
+    for attempt in (1, 2):
+        spent[0] += 1
+        try:
+            return copy()
+        except CopyRateLimited:
+            raise
+        except RegistryTransientError:
+            if attempt == 2:
+                raise
+            time.sleep(_RACE_PAUSE)
+    raise AssertionError("unreachable")
 
 
 def _put_index(registries: Registries, destination: ImageRef, index: Manifest) -> None:
@@ -585,19 +607,8 @@ def _copy_index(source: ImageRef, destination: ImageRef, probe: Callable[[ImageR
         from_ref = skopeo.docker_ref(ImageRef(source.host, source.repository, None, child))
         to_ref = skopeo.docker_ref(ImageRef(destination.host, destination.repository, None, child))
         what = f"{source.name}@{child} -> {destination.name}"
-        for attempt in (1, 2):
-            spent[0] += 1  # skopeo GETs the child manifest once per attempt
-            try:
-                written = copier.copy_to(from_ref, to_ref, what)
-                break
-            except CopyRateLimited:
-                raise
-            except RegistryTransientError:
-                # another writer of the same blobs at the destination (concurrent mirrors)
-                # can make the destination answer 500 for a moment: one more try
-                if attempt == 2:
-                    raise
-                time.sleep(_RACE_PAUSE)
+        written = _copy_once_more_after_a_race(
+            functools.partial(copier.copy_to, from_ref, to_ref, what), spent)
         if written and written != child:
             raise RegistryError(f"{destination.name}: child {child} was written as {written}: "
                                 "the copy did not preserve digests")
