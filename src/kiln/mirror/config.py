@@ -410,30 +410,19 @@ def _entry(node: yaml.Node, errors: _Errors, variables: Mapping[str, str], prefi
 
     position = errors.pos(node)
     if "destination" in fields:
-        dest_raw = _string(fields["destination"], errors, "destination")
-        if dest_raw is None:
+        given = _given_destination(fields["destination"], errors, variables, require_destination,
+                                   "registry.example.com/path/name[:tag]")
+        if given is None:
             return None
-        dest_text, dest_missing = expand(dest_raw, variables)
-        if dest_missing:
-            if require_destination:
-                errors.at(fields["destination"], _unset_message(dest_missing))
-                return None
-            return MirrorImage(source, None, position, text, dest_raw, True)
-        try:
-            dest = parse_reference(dest_text)
-        except InputError as exc:
-            errors.at(fields["destination"], f"invalid destination: {exc.message}")
-            return None
-        if not dest_text.strip().startswith(dest.host + "/"):
-            errors.at(fields["destination"], f"destination {dest_text!r} must start with its "
-                      "registry host (registry.example.com/path/name[:tag])")
-            return None
-        if dest.digest is not None:
+        if given.ref is None:
+            return MirrorImage(source, None, position, text, given.raw, True)
+        if given.ref.digest is not None:
             errors.at(fields["destination"], "a destination cannot have a digest: the copy keeps "
                       "the source's digest and tags it")
             return None
-        destination = ImageRef(dest.host, dest.repository, dest.tag or source.tag, None)
-        return MirrorImage(source, destination, position, text, dest_raw, True)
+        destination = ImageRef(given.ref.host, given.ref.repository, given.ref.tag or source.tag,
+                               None)
+        return MirrorImage(source, destination, position, text, given.raw, True)
 
     derived = f"{prefix.rstrip('/')}/{source.repository}:{source.tag}"
     if prefix_missing:
@@ -466,30 +455,18 @@ def _tag_set(node: yaml.Node, fields: dict[str, yaml.Node], source: ImageRef, te
     repo_source = ImageRef(source.host, source.repository)
     position = errors.pos(node)
     if "destination" in fields:
-        dest_raw = _string(fields["destination"], errors, "destination")
-        if dest_raw is None:
+        named = _given_destination(fields["destination"], errors, variables, require_destination,
+                                   "registry.example.com/path/name")
+        if named is None:
             return None
-        dest_text, dest_missing = expand(dest_raw, variables)
-        if dest_missing:
-            if require_destination:
-                errors.at(fields["destination"], _unset_message(dest_missing))
-                return None
-            return MirrorSet(repo_source, None, rule, position, text, dest_raw, True)
-        try:
-            dest = parse_reference(dest_text)
-        except InputError as exc:
-            errors.at(fields["destination"], f"invalid destination: {exc.message}")
-            return None
-        if not dest_text.strip().startswith(dest.host + "/"):
-            errors.at(fields["destination"], f"destination {dest_text!r} must start with its "
-                      "registry host (registry.example.com/path/name)")
-            return None
-        if dest.tag is not None or dest.digest is not None:
+        if named.ref is None:
+            return MirrorSet(repo_source, None, rule, position, text, named.raw, True)
+        if named.ref.tag is not None or named.ref.digest is not None:
             errors.at(fields["destination"], "with 'tags:', the destination names a repository: "
                       "each selected tag keeps its name there (drop the tag or digest)")
             return None
-        return MirrorSet(repo_source, ImageRef(dest.host, dest.repository), rule, position, text,
-                         dest_raw, True)
+        return MirrorSet(repo_source, ImageRef(named.ref.host, named.ref.repository), rule,
+                         position, text, named.raw, True)
     derived = f"{prefix.rstrip('/')}/{source.repository}"
     if prefix_missing:
         if require_destination:
@@ -580,6 +557,37 @@ def _scalar_text(node: yaml.Node, errors: _Errors, what: str) -> str | None:
         errors.at(node, f"{what} must be a non-empty string")
         return None
     return str(node.value)
+
+
+
+@dataclass(frozen=True)
+class _GivenDestination:
+    raw: str  # as written in the file
+    ref: ImageRef | None  # None: a variable is unset and the caller does not need it
+
+
+def _given_destination(node: yaml.Node, errors: _Errors, variables: Mapping[str, str],
+                       require_destination: bool, example: str) -> _GivenDestination | None:
+    """The destination an entry names (an image or a tag set): expanded, parsed, its registry
+    host first. ``None`` when an error was reported; each caller adds its own tag rule."""
+    raw = _string(node, errors, "destination")
+    if raw is None:
+        return None
+    text, missing = expand(raw, variables)
+    if missing:
+        if require_destination:
+            errors.at(node, _unset_message(missing))
+            return None
+        return _GivenDestination(raw, None)
+    try:
+        ref = parse_reference(text)
+    except InputError as exc:
+        errors.at(node, f"invalid destination: {exc.message}")
+        return None
+    if not text.strip().startswith(ref.host + "/"):
+        errors.at(node, f"destination {text!r} must start with its registry host ({example})")
+        return None
+    return _GivenDestination(raw, ref)
 
 
 def _unset_message(names: list[str]) -> str:
