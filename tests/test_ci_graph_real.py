@@ -31,8 +31,8 @@ from typing import Any
 
 import pytest
 
-from conftest import require_tool, skip_or_fail
-from helpers.ci_shims import DEFAULT_BRANCH, gitlab_ci_local
+from conftest import require_tool
+from helpers.ci_shims import DEFAULT_BRANCH, ensure_binfmt, gitlab_ci_local, seed_busybox
 from kiln.local_registry import RegistryServer
 from kiln.registry.client import RegistryClient
 
@@ -114,7 +114,7 @@ def _setup(tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer,
     version = subprocess.run(["gitlab-ci-local", "--version"], capture_output=True, text=True)
     assert version.stdout.strip() == GCL_VERSION, version.stdout
     repo = make_graph_project(tmp_path_factory.mktemp("graph") / "demo", **files)
-    upstream = _seed_busybox(repo, registry.address, storage)
+    upstream = seed_busybox(repo, registry.address, storage)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("CI_", "GITLAB_", "KILN_", "IMAGE_", "NOX", "PYTEST_", "GCL_"))
            and k not in {"CI", "BASE_IMAGE_TAG", "buildah_image_tag", "REGISTRY_AUTH_FILE",
@@ -132,20 +132,6 @@ def _setup(tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer,
 def project(tmp_path_factory: pytest.TempPathFactory, graph_registry: RegistryServer,
             buildah_storage: dict[str, Path]) -> dict[str, Any]:
     return _setup(tmp_path_factory, graph_registry, buildah_storage, PROJECT)
-
-
-def _seed_busybox(repo: Path, registry: str, storage: dict[str, Path]) -> str:
-    from kiln import seed
-    from kiln.settings import load_settings
-
-    settings = load_settings(repo, env={
-        "KILN_STORAGE_ROOT": str(storage["root"]),
-        "KILN_STORAGE_RUNROOT": str(storage["runroot"]),
-        "KILN_STATE_DIR": str(repo.parent / "state"),
-        "PATH": os.environ.get("PATH", ""),
-    })
-    seed.seed_upstream(settings, registry, names=["library/busybox:latest"])
-    return f"{registry}/mirror"
 
 
 def _pipeline(project: dict[str, Any], pipeline: str) -> tuple[str, list[str]]:
@@ -278,15 +264,7 @@ def test_multiarch_graph_builds_per_arch_then_reuses_with_the_index(
         buildah_storage: dict[str, Path]) -> None:
     """IMAGE_ARCHES: one job per image and arch, the manifest job, per-arch needs; then a
     pipeline with nothing changed: per-arch copies and the index, made by the generator."""
-    from kiln import qemu
-    from kiln.errors import KilnError
-
-    try:
-        qemu.check_binfmt("arm64")
-    except KilnError as exc:
-        if os.geteuid() != 0:
-            skip_or_fail(f"qemu binfmt for arm64 not registered and not root: {exc}")
-        qemu.register_binfmt(["arm64"])
+    ensure_binfmt("arm64")
     setup = _setup(tmp_path_factory, graph_registry, buildah_storage, MULTI_PROJECT,
                    build_files=MULTI_FILES, parent=MULTI_PARENT)
     _, child = _pipeline(setup, "501")

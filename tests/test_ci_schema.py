@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from helpers.ci_shims import documented_block
 from kiln import ci_schema, nox_sessions
 from kiln.errors import InputError
 
@@ -233,21 +234,6 @@ def test_pipeline_stop_jobs_match_their_deploy_jobs() -> None:
 
 
 # --- the documented job patterns (docs/workflow.md), verbatim -----------------------------------
-
-WORKFLOW_DOC = REPO_ROOT / "docs" / "workflow.md"
-
-
-def documented_block(heading: str) -> str:
-    """The first indented code block under ``## <heading>`` of docs/workflow.md."""
-    text = WORKFLOW_DOC.read_text(encoding="utf-8")
-    section = text.split(f"## {heading}\n", 1)[1]
-    block: list[str] = []
-    for line in section.splitlines()[1:]:
-        if line.startswith("    ") or (block and not line.strip()):
-            block.append(line[4:])
-        elif block:
-            break
-    return "\n".join(block).strip() + "\n"
 
 
 ONE_IMAGE = documented_block("One image per repository")

@@ -37,12 +37,14 @@ from typing import Any
 
 import pytest
 
-from conftest import require_tool, skip_or_fail
+from conftest import require_tool
 from helpers.ci_shims import (
     DEFAULT_BRANCH,
     MERGE_REQUEST,
     TAG,
     PipelineKind,
+    documented_block,
+    ensure_binfmt,
     gitlab_ci_local,
     passed_jobs,
 )
@@ -51,7 +53,6 @@ from kiln.registry.client import RegistryClient
 from kiln.state_dir import GITIGNORE_TEXT, ensure_state_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-WORKFLOW_DOC = REPO_ROOT / "docs" / "workflow.md"
 ARCHES = ("amd64", "arm64")
 
 # What the README's "Adopting kiln in another repository" asks for, literally.
@@ -60,19 +61,6 @@ NOXFILE_PY = "import kiln.nox_sessions  # noqa: F401\n"
 # README: `include: project: <group>/kiln, file: [ci/kiln.yml, ci/workflow.yml]`; gitlab-ci-local
 # cannot fetch a project include, so the same two files are copied in and included locally.
 INCLUDE = "include:\n  - local: kiln-ci/kiln.yml\n  - local: kiln-ci/workflow.yml\n"
-
-
-def documented_block(heading: str) -> str:
-    """The first indented code block under ``## <heading>`` of docs/workflow.md."""
-    text = WORKFLOW_DOC.read_text(encoding="utf-8")
-    section = text.split(f"## {heading}\n", 1)[1]
-    block: list[str] = []
-    for line in section.splitlines()[1:]:
-        if line.startswith("    ") or (block and not line.strip()):
-            block.append(line[4:])
-        elif block:
-            break
-    return "\n".join(block).strip() + "\n"
 
 
 def images_ci() -> str:
@@ -203,7 +191,7 @@ def world(tmp_path_factory: pytest.TempPathFactory,
                           ("skopeo", "skopeo"), ("docker-registry", "docker-registry"),
                           ("kiln", "pip install -e ."), ("invoke", "pip install invoke")):
         require_tool(tool, package)
-    _ensure_binfmt("arm64")
+    ensure_binfmt("arm64")
     base = tmp_path_factory.mktemp("consumer")
     server = RegistryServer(base / "registry")
     server.start()
@@ -221,19 +209,6 @@ def world(tmp_path_factory: pytest.TempPathFactory,
                  "KILN_UPSTREAM_REGISTRY": f"{server.address}/mirror", **storage}
     yield {"base": base, "registry": server, "env": env, "variables": variables}
     server.stop()
-
-
-def _ensure_binfmt(arch: str) -> None:
-    from kiln import qemu
-    from kiln.errors import KilnError
-
-    try:
-        qemu.check_binfmt(arch)
-    except KilnError as exc:
-        if os.geteuid() != 0:
-            skip_or_fail(f"qemu binfmt for {arch} not registered and not root: {exc}")
-        qemu.register_binfmt([arch])
-        qemu.check_binfmt(arch)
 
 
 def _run(world: dict[str, Any], repo: Path, prefix: str, kind: PipelineKind, pipeline: str,

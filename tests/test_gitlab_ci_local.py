@@ -17,7 +17,6 @@ variables. The scenarios here change busybox, whose jobs are not a CHANGES matri
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -26,17 +25,19 @@ from typing import Any
 
 import pytest
 
-from conftest import require_tool, skip_or_fail
+from conftest import require_tool
 from helpers.ci_shims import (
     DEFAULT_BRANCH,
     MERGE_REQUEST,
     TAG,
     PipelineKind,
+    ensure_binfmt,
     failed_jobs,
     gitlab_ci_local,
     make_test_repo,
     passed_jobs,
     scrubbed_env,
+    seed_busybox,
 )
 from kiln.local_registry import RegistryServer
 from kiln.registry.client import RegistryClient
@@ -88,8 +89,8 @@ def pipeline_repo(ci_repo: dict[str, Any], gcl_registry: RegistryServer,
     """ci_repo plus a registry holding the offline upstream busybox, and the CI variables."""
     for tool in ("buildah", "skopeo"):
         require_tool(tool, tool)
-    _ensure_binfmt("arm64")
-    upstream = _seed_busybox(ci_repo["repo"], gcl_registry.address, buildah_storage)
+    ensure_binfmt("arm64")
+    upstream = seed_busybox(ci_repo["repo"], gcl_registry.address, buildah_storage)
     variables = {
         "CI_REGISTRY": gcl_registry.address,
         "KILN_UPSTREAM_REGISTRY": upstream,
@@ -98,37 +99,6 @@ def pipeline_repo(ci_repo: dict[str, Any], gcl_registry: RegistryServer,
         "PYTEST_ADDOPTS": CHEAP_TESTS,
     }
     return {**ci_repo, "variables": variables, "registry": gcl_registry}
-
-
-def _ensure_binfmt(arch: str) -> None:
-    from kiln import qemu
-    from kiln.errors import KilnError
-
-    try:
-        qemu.check_binfmt(arch)
-    except KilnError as exc:
-        if os.geteuid() != 0:
-            skip_or_fail(f"qemu binfmt for {arch} not registered and not root: {exc}")
-        qemu.register_binfmt([arch])
-        qemu.check_binfmt(arch)
-
-
-def _seed_busybox(repo: Path, registry: str, storage: dict[str, Path]) -> str:
-    """Offline stand-in for Docker Hub: busybox:latest (amd64 + arm64) under <registry>/mirror."""
-    try:
-        from kiln import seed
-    except ImportError:
-        pytest.fail("kiln.seed is missing: cannot provide busybox offline")
-    from kiln.settings import load_settings
-
-    settings = load_settings(repo, env={
-        "KILN_STORAGE_ROOT": str(storage["root"]),
-        "KILN_STORAGE_RUNROOT": str(storage["runroot"]),
-        "KILN_STATE_DIR": str(repo.parent / "state"),
-        "PATH": os.environ.get("PATH", ""),
-    })
-    seed.seed_upstream(settings, registry, names=["library/busybox:latest"])
-    return f"{registry}/mirror"
 
 
 def _run(setup: dict[str, Any], kind: PipelineKind, pipeline: str, project: str,

@@ -199,3 +199,54 @@ def failed_jobs(output: str) -> list[str]:
     import re
 
     return re.findall(r"^\s*FAIL\s+(.+?)\s*$", output, re.M)
+
+
+# -- shared by the pipeline tests (kiln's own, the consumer repositories, the image graph) -----
+
+WORKFLOW_DOC = REPO_ROOT / "docs" / "workflow.md"
+
+
+def documented_block(heading: str) -> str:
+    """The first indented code block under ``## <heading>`` of docs/workflow.md (the job
+    patterns users copy), so the tests use exactly what the documentation shows."""
+    text = WORKFLOW_DOC.read_text(encoding="utf-8")
+    section = text.split(f"## {heading}\n", 1)[1]
+    block: list[str] = []
+    for line in section.splitlines()[1:]:
+        if line.startswith("    ") or (block and not line.strip()):
+            block.append(line[4:])
+        elif block:
+            break
+    return "\n".join(block).strip() + "\n"
+
+
+def ensure_binfmt(arch: str) -> None:
+    """qemu's binfmt handler for ``arch`` is registered (registers it as root; otherwise skips
+    on a laptop and fails in CI)."""
+    from conftest import skip_or_fail
+    from kiln import qemu
+    from kiln.errors import KilnError
+
+    try:
+        qemu.check_binfmt(arch)
+    except KilnError as exc:
+        if os.geteuid() != 0:
+            skip_or_fail(f"qemu binfmt for {arch} not registered and not root: {exc}")
+        qemu.register_binfmt([arch])
+        qemu.check_binfmt(arch)
+
+
+def seed_busybox(repo: Path, registry: str, storage: dict[str, Path]) -> str:
+    """Offline stand-in for Docker Hub: busybox:latest (amd64 + arm64) under <registry>/mirror;
+    returns that upstream prefix."""
+    from kiln import seed
+    from kiln.settings import load_settings
+
+    settings = load_settings(repo, env={
+        "KILN_STORAGE_ROOT": str(storage["root"]),
+        "KILN_STORAGE_RUNROOT": str(storage["runroot"]),
+        "KILN_STATE_DIR": str(repo.parent / "state"),
+        "PATH": os.environ.get("PATH", ""),
+    })
+    seed.seed_upstream(settings, registry, names=["library/busybox:latest"])
+    return f"{registry}/mirror"
