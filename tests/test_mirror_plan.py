@@ -10,6 +10,7 @@ import threading
 
 import pytest
 
+from helpers.clock import FakeClock
 from kiln.errors import InputError, RegistryTransientError
 from kiln.mirror.config import MirrorImage, RateLimitPolicy, parse_config
 from kiln.mirror.plan import Action, ProbeError, estimated_pulls, plan_image
@@ -121,18 +122,6 @@ def test_pull_estimates() -> None:
 
 
 # -- rate-limit gate ---------------------------------------------------------------------------
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def test_gate_without_headers_never_blocks() -> None:

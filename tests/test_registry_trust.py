@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
+from helpers.clock import FakeClock
 from helpers.fault_proxy import FaultProxy
 from helpers.images import push_test_image
 from helpers.run import run_kiln
@@ -47,24 +48,9 @@ MANIFEST = b'{"schemaVersion":2,"mediaType":"' + media.OCI_MANIFEST.encode() + b
 # -- helpers -----------------------------------------------------------------------------------
 
 
-class FakeClock:
-    """A clock that only moves when the client sleeps (or a test says so)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 def mock_client(handler: Callable[[httpx.Request], httpx.Response], clock: FakeClock | None = None,
                 **kwargs: Any) -> RegistryClient:
-    clock = clock or FakeClock()
+    clock = clock or FakeClock(1000.0)
     return RegistryClient("registry.example.com", transport=httpx.MockTransport(handler),
                           sleep=clock.sleep, clock=clock, **kwargs)
 
@@ -454,7 +440,7 @@ def test_digest_mismatch_is_not_retried() -> None:
         return httpx.Response(200, content=MANIFEST, headers={
             "Content-Type": media.OCI_MANIFEST, "Docker-Content-Digest": "sha256:" + "a" * 64})
 
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     with mock_client(handler, clock) as client:
         with pytest.raises(RegistryIntegrityError, match="corrupt, or a proxy rewrote") as info:
             client.get_manifest("team/app", "v1")
@@ -466,7 +452,7 @@ def test_digest_mismatch_is_not_retried() -> None:
 
 
 def test_retry_after_119_on_every_attempt_stops_at_the_deadline() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     with mock_client(lambda r: httpx.Response(429, headers={"Retry-After": "119"}),
                      clock) as client:
         with pytest.raises(RegistryTransientError) as info:
@@ -478,7 +464,7 @@ def test_retry_after_119_on_every_attempt_stops_at_the_deadline() -> None:
 
 
 def test_the_deadline_covers_attempts_that_time_out() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
 
     timeouts: list[float] = []
 
